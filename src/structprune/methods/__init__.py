@@ -1,0 +1,121 @@
+"""The method registry and `prune`, the public entry point.
+
+Each method is a short recipe in its own file that reads like its paper's algorithm box. A recipe has
+the signature `recipe(model, ratio, calibration, **options) -> Plan`: it prunes the model in place
+(so sequential methods can re-run pruned layers) and returns the plan it applied.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..allocate import Plan, check_ratio
+from ..architectures import adapter_for, count_parameters
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    label: str  # how outputs name the method ("-style" where the spec says the original is not confirmed)
+    recipe: Callable[..., Plan]
+    defaults: dict  # every option and its paper default
+    calibration: tuple[str | None, int, int]  # the paper's (dataset, nsamples, seqlen); dataset None = no data
+    summary: str
+    source: str = ""
+    option_help: dict = field(default_factory=dict)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}: available methods are {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def resolve_options(method: Method, options: dict) -> dict:
+    """The method's defaults updated by `options`; unknown options fail, listing the valid ones."""
+    unknown = sorted(set(options) - set(method.defaults))
+    if unknown:
+        valid = ", ".join(f"{k} (default {v!r})" for k, v in method.defaults.items()) or "none"
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for method {method.name!r}; valid options: {valid}")
+    return {**method.defaults, **options}
+
+
+@dataclass
+class PruneResult:
+    model: torch.nn.Module
+    plan: Plan
+    method: str
+    label: str
+    ratio: float
+    options: dict
+    calibration: dict
+    seconds: float
+    params_before: int
+    params_after: int
+
+    def summary(self) -> dict:
+        return {"method": self.method, "label": self.label, "ratio": self.ratio, "options": self.options,
+                "calibration": self.calibration, "seconds": self.seconds, "params_before": self.params_before,
+                "params_after": self.params_after, "plan": self.plan.summary()}
+
+
+def prune(model, method: str, ratio: float, calibration: torch.Tensor | str | None = None, tokenizer=None,
+          nsamples: int | None = None, seqlen: int | None = None, seed: int = 0, data_path=None,
+          **options) -> PruneResult:
+    """Prune `model` in place with a registered method and return the result (plan, timings, parameters).
+
+    calibration: a [samples, tokens] tensor of token ids, or a dataset name (wikitext2, ptb, c4,
+    bookcorpus) read with `tokenizer`; default: the method's paper calibration set. nsamples/seqlen
+    default to the paper's. Options not given take the method's paper defaults (`structprune methods`).
+    """
+    spec = get_method(method)
+    ratio = check_ratio(ratio)
+    if "seed" in spec.defaults:  # methods that draw random numbers follow the run's seed
+        options.setdefault("seed", seed)
+    options = resolve_options(spec, options)
+    adapter_for(model)  # unsupported architecture: fail before any work
+    dataset, paper_nsamples, paper_seqlen = spec.calibration
+    info: dict = {"dataset": None}
+    if isinstance(calibration, torch.Tensor):
+        ids = calibration
+        info = {"dataset": "tensor", "nsamples": ids.shape[0], "seqlen": ids.shape[1]}
+    elif dataset is None and calibration is None:
+        ids = None
+    else:
+        from ..data import calibration_batches, calibration_split
+
+        dataset = calibration or dataset
+        if tokenizer is None:
+            raise ValueError(f"method {method!r} calibrates on {dataset!r}: pass tokenizer= (or a tensor of token ids)")
+        nsamples, seqlen = nsamples or paper_nsamples, seqlen or paper_seqlen
+        ids = calibration_batches(tokenizer, dataset, nsamples, seqlen, seed, data_path)
+        info = {"dataset": dataset, "split": calibration_split(dataset, data_path), "nsamples": nsamples,
+                "seqlen": seqlen, "seed": seed}
+    if ids is not None:
+        import hashlib
+
+        info["token_sha256"] = hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest()[:16]
+    params_before = count_parameters(model)
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    plan = spec.recipe(model, ratio, ids, **options)
+    seconds = time.perf_counter() - start
+    return PruneResult(model=model, plan=plan, method=method, label=spec.label, ratio=ratio, options=options,
+                       calibration=info, seconds=seconds, params_before=params_before,
+                       params_after=count_parameters(model))
+
+
+# Register the recipes (each file calls `register`).
+from . import flap, magnitude, random_sp, wanda_sp  # noqa: E402,F401

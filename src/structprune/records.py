@@ -1,0 +1,115 @@
+"""Run records: one JSON per run under results/runs/<experiment>/<run_id>.json.
+
+A record holds the run's config (and its hash, which names the file), metrics, timings, versions,
+device and thread count. Records are written atomically (temporary file, fsync, rename), so an
+interrupted run never leaves a partial record; a run whose record exists can be skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+RESULTS_ENV = "STRUCTPRUNE_RESULTS"
+
+
+def results_dir() -> Path:
+    """$STRUCTPRUNE_RESULTS, default the repository's results/ folder (or ./results)."""
+    if os.environ.get(RESULTS_ENV):
+        return Path(os.environ[RESULTS_ENV])
+    repo = Path(__file__).resolve().parents[2]
+    return repo / "results" if (repo / "pyproject.toml").is_file() else Path.cwd() / "results"
+
+
+def config_hash(config: dict) -> str:
+    canonical = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def record_path(experiment: str, config: dict, root: Path | None = None) -> Path:
+    return (root or results_dir() / "runs") / experiment / f"{config_hash(config)[:16]}.json"
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """Versions, device and threads: what a reader needs to trust or re-run a number."""
+    import torch
+    import transformers
+
+    from . import __version__
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__,
+                "transformers": transformers.__version__, "structprune": __version__}
+    try:
+        import lm_eval
+
+        versions["lm_eval"] = getattr(lm_eval, "__version__", None)
+    except Exception:  # lm-eval is optional for most records
+        versions["lm_eval"] = None
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
+    return {"versions": versions, "git_commit": git_commit(), "device": device,
+            "threads": torch.get_num_threads(), "platform": platform.platform()}
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_record(experiment: str, config: dict, metrics: dict, timings: dict | None = None,
+                 extra: dict | None = None, path: Path | None = None) -> Path:
+    """Write a run record atomically and return its path."""
+    path = Path(path) if path else record_path(experiment, config)
+    record = {
+        "experiment": experiment,
+        "run_id": config_hash(config)[:16],
+        "config_hash": config_hash(config),
+        "config": config,
+        "metrics": metrics,
+        "timings": timings or {},
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        **environment(),
+        **(extra or {}),
+    }
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
+    return path
+
+
+def find_record(experiment: str, config: dict) -> dict | None:
+    """The existing record of this exact config, if the run already finished."""
+    path = record_path(experiment, config)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_records(root: Path | None = None, experiment: str | None = None):
+    """All records as a pandas DataFrame, nested fields flattened with dots (config.method, ...)."""
+    import pandas as pd
+
+    root = root or results_dir() / "runs"
+    pattern = f"{experiment}/*.json" if experiment else "*/*.json"
+    rows = [json.loads(p.read_text()) for p in sorted(Path(root).glob(pattern))]
+    return pd.json_normalize(rows) if rows else pd.DataFrame()

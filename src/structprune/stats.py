@@ -1,0 +1,185 @@
+"""Calibration statistics, decoder layer by decoder layer (the Wanda/FLAP loop).
+
+1. Capture the inputs of the first decoder layer once (a pre-hook stores them and stops the forward).
+2. For each layer: hook the linears whose inputs a method needs, run the layer on all calibration
+   batches, accumulate streaming statistics, and hand the layer's outputs to the next layer.
+   One-shot mode (FLAP): the hooked pass's outputs are the next inputs, so all statistics come from the
+   dense model. Sequential mode (Wanda-sp, FASP): a callback prunes the layer, which is then re-run so the
+   next layer sees the pruned layer's outputs.
+Only one decoder layer's activations are resident. Works on CPU, CUDA and accelerate device maps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .architectures import adapter_for, decoder_layers
+
+
+class ChannelStats:
+    """Per-input-channel statistics of one linear over all calibration tokens, in float64.
+
+    mean and variance by Welford/Chan's parallel update (exact, numerically stable), and the sum of
+    squares (Wanda's ||X_j||^2). `sequences` counts calibration sequences, `count` tokens.
+    """
+
+    def __init__(self, channels: int, device=None):
+        self.count = 0
+        self.sequences = 0
+        self.mean = torch.zeros(channels, dtype=torch.float64, device=device)
+        self.m2 = torch.zeros(channels, dtype=torch.float64, device=device)
+        self.sumsq = torch.zeros(channels, dtype=torch.float64, device=device)
+        self.gram: torch.Tensor | None = None  # X^T X, only when asked for (least-squares methods)
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add a batch of inputs [batch, tokens, channels]."""
+        self.sequences += x.shape[0] if x.dim() > 2 else 1
+        flat = x.reshape(-1, x.shape[-1]).to(torch.float64)
+        n = flat.shape[0]
+        batch_mean = flat.mean(0)
+        centred = flat - batch_mean
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * (n / total)
+        self.m2 += (centred * centred).sum(0) + delta * delta * (self.count * n / total)
+        self.sumsq += (flat * flat).sum(0)
+        if self.gram is not None:
+            self.gram += flat.T @ flat
+        self.count = total
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Unbiased token-level variance of each channel."""
+        return self.m2 / max(self.count - 1, 1)
+
+    @property
+    def norm(self) -> torch.Tensor:
+        """Wanda's ||X_j||: sqrt of the mean over sequences of the per-sequence sum of squares."""
+        return torch.sqrt(self.sumsq / max(self.sequences, 1))
+
+    def check_finite(self, where: str) -> None:
+        if not (torch.isfinite(self.mean).all() and torch.isfinite(self.m2).all()):
+            raise FloatingPointError(
+                f"NaN or Inf in the calibration statistics of {where}: the model produces non-finite "
+                "activations on the calibration data (check the weights, or load in float32)"
+            )
+
+
+class _Captured(Exception):
+    pass
+
+
+def _to_device(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_to_device(v, device) for v in value)
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for param in module.parameters():
+        if param.device.type != "meta":
+            return param.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def capture_layer_inputs(model, calibration: torch.Tensor, batch_size: int = 8) -> list[tuple[torch.Tensor, dict]]:
+    """The first decoder layer's inputs for each calibration batch: (hidden states, keyword arguments).
+
+    All keyword arguments are kept (position embeddings, masks, positions), whatever the transformers
+    version passes to a decoder layer.
+    """
+    layers = decoder_layers(model)
+    captured: list[tuple[torch.Tensor, dict]] = []
+
+    def grab(module, args, kwargs):
+        kwargs = dict(kwargs)
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.append((hidden, kwargs))
+        raise _Captured
+
+    handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    device = _device_of(model.get_input_embeddings())
+    try:
+        for batch in calibration.split(batch_size):
+            try:
+                model(batch.to(device), use_cache=False)
+            except _Captured:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def _run_layer(layer: nn.Module, inputs: list[tuple[torch.Tensor, dict]]) -> list[torch.Tensor]:
+    device = _device_of(layer)
+    outputs = []
+    for hidden, kwargs in inputs:
+        out = layer(hidden.to(device), **_to_device(kwargs, device))
+        outputs.append(out[0] if isinstance(out, tuple) else out)
+    return outputs
+
+
+@torch.no_grad()
+def collect_statistics(
+    model,
+    calibration: torch.Tensor,
+    targets: Sequence[str],
+    prune_layer: Callable[[int, dict[str, ChannelStats]], None] | None = None,
+    on_block: Callable[[int, list[torch.Tensor], list[torch.Tensor]], None] | None = None,
+    gram: bool = False,
+    batch_size: int = 8,
+) -> list[dict[str, ChannelStats]]:
+    """Input statistics of the named linears (`targets`, module paths inside a decoder layer such as
+    `self_attn.o_proj`) of every decoder layer, from one pass over the calibration batches.
+
+    prune_layer(index, stats): sequential mode; called after a layer's statistics, the layer is then
+    re-run so the next layer sees the pruned outputs. on_block(index, inputs, outputs): block
+    input/output hook (hidden states before and after the layer). gram: also accumulate X^T X.
+    """
+    if calibration.dim() != 2 or calibration.shape[0] < 1:
+        raise ValueError(f"calibration must be a [samples, tokens] tensor of token ids, got {tuple(calibration.shape)}")
+    adapter_for(model)  # fails clearly on an unsupported architecture
+    inputs = capture_layer_inputs(model, calibration, batch_size)
+    all_stats: list[dict[str, ChannelStats]] = []
+    for index, layer in enumerate(decoder_layers(model)):
+        stats: dict[str, ChannelStats] = {}
+        handles = []
+        for name in targets:
+            try:
+                module = layer.get_submodule(name)
+            except AttributeError:
+                continue  # e.g. an attention block that has lost every head
+            if module.in_features == 0:
+                continue
+            stats[name] = ChannelStats(module.in_features, device=_device_of(module))
+            if gram:
+                stats[name].gram = torch.zeros(module.in_features, module.in_features, dtype=torch.float64,
+                                               device=_device_of(module))
+            handles.append(module.register_forward_hook(
+                lambda mod, args, out, s=stats[name]: s.update(args[0])))
+        try:
+            outputs = _run_layer(layer, inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for name, s in stats.items():
+            s.check_finite(f"layer {index} {name}")
+        if prune_layer is not None:
+            prune_layer(index, stats)
+            layer = decoder_layers(model)[index]
+            outputs = _run_layer(layer, inputs)
+        if on_block is not None:
+            on_block(index, [h for h, _ in inputs], outputs)
+        inputs = [(out, kwargs) for out, (_, kwargs) in zip(outputs, inputs, strict=True)]
+        all_stats.append(stats)
+    return all_stats

@@ -1,0 +1,208 @@
+"""Surgery: the one place that slices weights, adds compensation biases, updates the config, and saves
+and loads pruned checkpoints.
+
+Removing a unit is exact: deleting q/k/v rows and o_proj columns of a KV group (or gate/up rows and the
+down_proj column of a channel) computes the same function as zeroing them, plus the compensation bias
+where a plan has one. After surgery the model is an instance of the pruned model class of its family
+(`pruned_modeling.py`), whose config records every layer's widths; saving and reloading give identical
+logits.
+
+Checkpoint format (a save_pretrained-style directory, written to a temporary sibling and renamed into
+place, so it is never half-written): model.safetensors, config.json (model_type `structpruned_<family>`,
+`layer_shapes`, `auto_map`), modeling_structpruned.py, tokenizer files, and pruning.json (provenance).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import pruned_modeling
+from .allocate import Plan
+from .architectures import (
+    adapter_for,
+    attention_of,
+    decoder_layers,
+    head_dim,
+    mlp_of,
+    model_type_of,
+    queries_per_group,
+)
+from .pruned_modeling import PRUNED_CLASSES, EmptyAttention
+
+SIDECAR = "pruning.json"
+MODELING_FILE = "modeling_structpruned.py"
+
+
+def _sliced(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None,
+            bias_add: torch.Tensor | None = None) -> nn.Linear:
+    """A new linear holding the kept rows (outputs) / columns (inputs), with `bias_add` added to its bias."""
+    weight = linear.weight.data
+    if rows is not None:
+        weight = weight.index_select(0, rows.to(weight.device))
+    if cols is not None:
+        weight = weight.index_select(1, cols.to(weight.device))
+    bias = linear.bias.data if linear.bias is not None else None
+    if bias is not None and rows is not None:
+        bias = bias.index_select(0, rows.to(bias.device))
+    if bias_add is not None:
+        bias_add = bias_add.to(device=weight.device, dtype=torch.float64)
+        bias = (bias.double() + bias_add if bias is not None else bias_add).to(weight.dtype)
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype, device=weight.device)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    new.weight.requires_grad_(linear.weight.requires_grad)
+    return new
+
+
+def _unit_rows(kept: list[int], width: int) -> torch.Tensor:
+    """Row (or column) indices of the kept units, each `width` consecutive rows wide."""
+    if not kept:
+        return torch.zeros(0, dtype=torch.long)
+    return (torch.tensor(kept, dtype=torch.long)[:, None] * width + torch.arange(width)).flatten()
+
+
+def _as_tensor(values) -> torch.Tensor | None:
+    return None if values is None else torch.as_tensor(values, dtype=torch.float64)
+
+
+def prune_layer(model, index: int, kept_groups: list[int], kept_channels: list[int],
+                o_bias=None, down_bias=None) -> None:
+    """Cut one decoder layer in place to the kept KV groups and MLP channels, adding compensation
+    biases (vectors of hidden size) to o_proj / down_proj."""
+    adapter, config = adapter_for(model), model.config
+    layer = decoder_layers(model)[index]
+    d, n_rep = head_dim(config), queries_per_group(config)
+    attn, mlp = attention_of(layer, adapter), mlp_of(layer, adapter)
+    o = attn.get_submodule(adapter.o)
+    groups = o.in_features // (n_rep * d)
+    if sorted(kept_groups) != list(kept_groups) or any(not 0 <= g < groups for g in kept_groups):
+        raise ValueError(f"layer {index}: kept KV groups must be sorted indices in [0, {groups}), got {kept_groups}")
+    if len(kept_groups) < groups or o_bias is not None:
+        if not kept_groups:
+            bias = _sliced(o, cols=torch.zeros(0, dtype=torch.long), bias_add=_as_tensor(o_bias))
+            empty = EmptyAttention(config.hidden_size, d, getattr(attn, "layer_idx", index), bias.bias is not None,
+                                   dtype=o.weight.dtype, device=o.weight.device)
+            empty.o_proj = bias
+            layer.set_submodule(adapter.attention, empty)
+        else:
+            q_rows, kv_rows = _unit_rows(kept_groups, n_rep * d), _unit_rows(kept_groups, d)
+            attn.set_submodule(adapter.q, _sliced(attn.get_submodule(adapter.q), rows=q_rows))
+            attn.set_submodule(adapter.k, _sliced(attn.get_submodule(adapter.k), rows=kv_rows))
+            attn.set_submodule(adapter.v, _sliced(attn.get_submodule(adapter.v), rows=kv_rows))
+            attn.set_submodule(adapter.o, _sliced(o, cols=q_rows, bias_add=_as_tensor(o_bias)))
+    down = mlp.get_submodule(adapter.down)
+    channels = down.in_features
+    if sorted(kept_channels) != list(kept_channels) or any(not 0 <= c < channels for c in kept_channels):
+        raise ValueError(f"layer {index}: kept channels must be sorted indices in [0, {channels})")
+    if len(kept_channels) < channels or down_bias is not None:
+        rows = torch.tensor(kept_channels, dtype=torch.long)
+        mlp.set_submodule(adapter.gate, _sliced(mlp.get_submodule(adapter.gate), rows=rows))
+        mlp.set_submodule(adapter.up, _sliced(mlp.get_submodule(adapter.up), rows=rows))
+        mlp.set_submodule(adapter.down, _sliced(down, cols=rows, bias_add=_as_tensor(down_bias)))
+        if hasattr(mlp, "intermediate_size"):
+            mlp.intermediate_size = len(kept_channels)
+
+
+def layer_shapes_of(model) -> list[dict]:
+    """Every layer's widths, read from its modules, as stored in a pruned config."""
+    adapter, config = adapter_for(model), model.config
+    d = head_dim(config)
+    shapes = []
+    for layer in decoder_layers(model):
+        attn, mlp = attention_of(layer, adapter), mlp_of(layer, adapter)
+        o = attn.get_submodule(adapter.o)
+        down = mlp.get_submodule(adapter.down)
+        k = getattr(attn, adapter.k, None)
+        shapes.append({
+            "num_attention_heads": o.in_features // d,
+            "num_key_value_heads": k.out_features // d if k is not None else 0,
+            "intermediate_size": down.in_features,
+            "o_proj_bias": o.bias is not None,
+            "down_proj_bias": down.bias is not None,
+        })
+    return shapes
+
+
+def finalize_pruned(model):
+    """Turn a model whose layers were cut into an instance of its family's pruned class, with a config
+    that records every layer's widths (and `auto_map`, for loading with remote code)."""
+    family = model_type_of(model.config)
+    config_class, model_class = PRUNED_CLASSES[family]
+    old = model.config
+    values = {k: v for k, v in old.to_dict().items()
+              if k not in ("model_type", "transformers_version", "layer_shapes", "base_model_type", "auto_map",
+                           "architectures")}
+    new = config_class(**values, layer_shapes=layer_shapes_of(model), base_model_type=family)
+    new.auto_map = {"AutoConfig": f"{MODELING_FILE[:-3]}.{config_class.__name__}",
+                    "AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.{model_class.__name__}"}
+    new.architectures = [model_class.__name__]
+    new._attn_implementation = old._attn_implementation
+    for module in model.modules():
+        if getattr(module, "config", None) is old:
+            module.config = new
+    model.config = new
+    model.__class__ = model_class
+    return model
+
+
+def apply_plan(model, plan: Plan):
+    """Apply a plan to a model (in place) and return the pruned model."""
+    layers = decoder_layers(model)
+    if len(plan.kept_groups) != len(layers):
+        raise ValueError(f"the plan has {len(plan.kept_groups)} layers, the model {len(layers)}")
+    for index in range(len(layers)):
+        prune_layer(model, index, plan.kept_groups[index], plan.kept_channels[index],
+                    plan.o_bias[index], plan.down_bias[index])
+    return finalize_pruned(model)
+
+
+def save_pruned(model, tokenizer, path: str | Path, provenance: dict | None = None, overwrite: bool = False) -> Path:
+    """Save a pruned model as a checkpoint directory, atomically (see the module docstring)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists: choose another --output or pass overwrite=True")
+    if model.config.model_type not in {c.model_type for c, _ in PRUNED_CLASSES.values()}:
+        model = finalize_pruned(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        shutil.copyfile(pruned_modeling.__file__, tmp / MODELING_FILE)
+        (tmp / SIDECAR).write_text(json.dumps(provenance or {}, indent=2, default=str) + "\n")
+        if path.exists():
+            old = path.with_name(path.name + f".old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def load_pruned(path: str | Path, dtype: torch.dtype | None = None, device: str | None = None):
+    """Reload a pruned checkpoint (no remote code, safetensors only) -> (model, tokenizer)."""
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} is not a pruned checkpoint: config.json is missing")
+    model_type = json.loads(config_file.read_text()).get("model_type", "")
+    if not model_type.startswith("structpruned_"):
+        raise ValueError(f"{path} holds a {model_type!r} model, not a structprune pruned checkpoint")
+    if not (path / SIDECAR).is_file():
+        raise FileNotFoundError(f"{path}/{SIDECAR} is missing: the checkpoint's provenance is lost; re-run the pruning")
+    from .models import load_model
+
+    return load_model(str(path), dtype=dtype, device=device)
