@@ -72,7 +72,9 @@ def embedded_checkpoint() -> Path:
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # The weights are now plain floats: drop the GGUF quantisation note so the cache loads as dense.
+        # The weights are now plain floats: drop the GGUF quantisation markers so the cache is a dense model.
+        model.hf_quantizer = None
+        model.is_quantized = False
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp, safe_serialization=True)

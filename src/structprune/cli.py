@@ -1,0 +1,159 @@
+"""Command line: `structprune evaluate | prune | methods` (also `python -m structprune`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _parse_value(text: str):
+    """key=value option values: JSON literals (numbers, true/false/null), else the string itself."""
+    lowered = {"true": True, "false": False, "none": None, "null": None}
+    if text.lower() in lowered:
+        return lowered[text.lower()]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _parse_options(pairs: list[str]) -> dict:
+    options = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise SystemExit(f"--option takes key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        options[key.strip()] = _parse_value(value.strip())
+    return options
+
+
+def _perplexities(model, tokenizer, datasets: str | None, seqlen: int, max_windows: int | None,
+                  batch_size: int) -> dict:
+    from .evaluate import perplexity
+
+    results = {}
+    for dataset in filter(None, (datasets or "").split(",")):
+        results[f"perplexity_{dataset}"] = perplexity(model, tokenizer, dataset, "test", seqlen, max_windows, batch_size)
+    return results
+
+
+def cmd_evaluate(args) -> int:
+    from .models import load_model
+    from .records import write_record
+
+    start = time.perf_counter()
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    load_seconds = time.perf_counter() - start
+    metrics = _perplexities(model, tokenizer, args.perplexity, args.seqlen, args.max_windows, args.batch_size)
+    if not metrics:
+        raise SystemExit("nothing to evaluate: pass --perplexity wikitext2 (or ptb, c4)")
+    config = {"command": "evaluate", "model": model.structprune_source, "perplexity": args.perplexity,
+              "seqlen": args.seqlen, "max_windows": args.max_windows, "dtype": str(model.dtype)}
+    path = write_record("evaluate", config, metrics, {"load_seconds": load_seconds},
+                        path=Path(args.output) if args.output else None)
+    for name, result in metrics.items():
+        print(f"{name}: {result['perplexity']:.3f}  ({result['protocol']}, {result['tokens']} tokens)")
+    print(f"record: {path}")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from .methods import prune
+    from .models import load_model
+    from .records import write_record
+    from .surgery import save_pruned
+
+    options = _parse_options(args.option)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    result = prune(model, args.method, args.ratio, calibration=args.calibration, tokenizer=tokenizer,
+                   nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, **options)
+    config = {"command": "prune", "model": model.structprune_source, "method": args.method, "ratio": args.ratio,
+              "options": result.options, "calibration": result.calibration, "seed": args.seed,
+              "dtype": str(model.dtype)}
+    metrics = {"params_before": result.params_before, "params_after": result.params_after,
+               "plan": result.plan.summary()}
+    metrics.update(_perplexities(model, tokenizer, args.perplexity, args.eval_seqlen, args.max_windows,
+                                 args.batch_size))
+    provenance = {**config, "label": result.label, "params_before": result.params_before,
+                  "params_after": result.params_after, "plan": result.plan.to_dict()}
+    from .records import environment
+
+    provenance.update(environment())
+    save_pruned(model, tokenizer, args.output, provenance, overwrite=args.overwrite)
+    path = write_record("prune", config, metrics, {"prune_seconds": result.seconds},
+                        extra={"checkpoint": str(args.output)})
+    print(f"{result.label} ratio {args.ratio}: {result.params_before:,} -> {result.params_after:,} parameters "
+          f"in {result.seconds:.1f} s")
+    for name, value in metrics.items():
+        if name.startswith("perplexity_"):
+            print(f"{name}: {value['perplexity']:.3f}  ({value['protocol']})")
+    print(f"checkpoint: {args.output}\nrecord: {path}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from .methods import METHODS
+
+    for method in METHODS.values():
+        dataset, nsamples, seqlen = method.calibration
+        data = f"{dataset}, {nsamples} x {seqlen} tokens" if dataset else "no calibration data"
+        print(f"{method.name}  ({method.label}): {method.summary}")
+        print(f"    paper calibration: {data}; source: {method.source}")
+        for key, default in method.defaults.items():
+            print(f"    --option {key}={json.dumps(default)}    {method.option_help.get(key, '')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="structprune", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_args(p):
+        p.add_argument("--model", default="embedded", help="embedded | smollm2-135m | hub id | local directory")
+        p.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16 (default: float32 on CPU)")
+        p.add_argument("--device", default=None, help="cpu | cuda | auto (accelerate device map)")
+        p.add_argument("--batch-size", type=int, default=8, help="evaluation batch size (windows)")
+        p.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows")
+
+    ev = sub.add_parser("evaluate", help="perplexity of a model (dense or pruned checkpoint)")
+    model_args(ev)
+    ev.add_argument("--perplexity", default="wikitext2", help="comma-separated: wikitext2, ptb, c4")
+    ev.add_argument("--seqlen", type=int, default=128, help="window length (papers: 128 FLAP/LLM-Pruner, 2048 Wanda)")
+    ev.add_argument("--output", default=None, help="record path (default results/runs/evaluate/<hash>.json)")
+    ev.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("prune", help="prune a model and write a pruned checkpoint and a run record")
+    model_args(pr)
+    pr.add_argument("--method", required=True, help="see `structprune methods`")
+    pr.add_argument("--ratio", type=float, required=True, help="pruning ratio in [0, 1)")
+    pr.add_argument("--calibration", default=None, help="wikitext2 | ptb | c4 | bookcorpus (default: the paper's)")
+    pr.add_argument("--nsamples", type=int, default=None, help="calibration sequences (default: the paper's)")
+    pr.add_argument("--seqlen", type=int, default=None, help="calibration tokens per sequence (default: the paper's)")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option, repeatable")
+    pr.add_argument("--perplexity", default=None, help="also evaluate: comma-separated wikitext2, ptb, c4")
+    pr.add_argument("--eval-seqlen", type=int, default=128, help="evaluation window length")
+    pr.add_argument("--output", required=True, help="directory of the pruned checkpoint")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
+    pr.set_defaults(func=cmd_prune)
+
+    me = sub.add_parser("methods", help="list methods, their options and paper defaults")
+    me.set_defaults(func=cmd_methods)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, ConnectionError, NotImplementedError,
+            FloatingPointError) as error:
+        print(f"structprune: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,47 @@
+import copy
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from structprune.data import random_calibration  # noqa: E402
+from structprune.models import load_model, tiny_llama  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _results_in_tmp(tmp_path, monkeypatch):
+    """Tests never write into the repository's results/."""
+    monkeypatch.setenv("STRUCTPRUNE_RESULTS", str(tmp_path / "results"))
+
+
+@pytest.fixture
+def tiny():
+    return tiny_llama()
+
+
+@pytest.fixture
+def calibration():
+    return random_calibration(256, nsamples=12, seqlen=24, seed=1)
+
+
+@pytest.fixture
+def probe():
+    """Inputs that are not the calibration data."""
+    return random_calibration(256, nsamples=2, seqlen=16, seed=99)
+
+
+@pytest.fixture(scope="session")
+def _embedded():
+    return load_model("embedded")
+
+
+@pytest.fixture
+def embedded(_embedded):
+    """A fresh copy of the embedded SmolLM2-135M (loaded once per session)."""
+    model, tokenizer = _embedded
+    fresh = copy.deepcopy(model)
+    fresh.structprune_source = model.structprune_source
+    return fresh, tokenizer
