@@ -170,7 +170,8 @@ def load_model(spec: str = "embedded", dtype: torch.dtype | str | None = None, d
     if device != "auto":
         model.to(device)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+    has_tokenizer = kind == "hub" or any((Path(where) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code) if has_tokenizer else None
     model.structprune_source = describe_model(spec, kind, where)
     return model, tokenizer
 

@@ -1,0 +1,225 @@
+"""The pruning core on the tiny GQA model: identities, parameter counts, plans, compensation, surgery."""
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from structprune import Plan, apply_plan, load_pruned, prune, save_pruned
+from structprune.architectures import count_parameters, layer_shapes
+from structprune.methods import METHODS
+from structprune.models import tiny_llama
+from structprune.stats import ChannelStats
+
+from .helpers import logits
+
+ALL_METHODS = sorted(METHODS)
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_ratio_zero_leaves_logits_bit_identical(method, tiny, calibration, probe):
+    pruned = copy.deepcopy(tiny)
+    result = prune(pruned, method, 0.0, calibration=calibration)
+    assert type(pruned).__name__ == "StructprunedLlamaForCausalLM"  # the full pipeline ran
+    assert torch.equal(logits(pruned, probe), logits(tiny, probe))
+    assert result.params_after == result.params_before
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+@pytest.mark.parametrize("ratio", [0.2, 0.5])
+def test_parameter_counts(method, ratio, tiny, calibration):
+    pruned = copy.deepcopy(tiny)
+    result = prune(pruned, method, ratio, calibration=calibration)
+    assert result.params_after == count_parameters(pruned) == result.plan.params_after
+    assert result.params_after < result.params_before
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.3, 0.5, 0.7])
+def test_flap_al_am_hits_the_parameter_target_within_one_unit(ratio, calibration):
+    model = tiny_llama(num_layers=4, hidden_size=96, num_heads=6, num_kv_heads=3)
+    plan = prune(model, "flap", ratio, calibration=calibration).plan
+    target = ratio * plan.prunable_params
+    largest_unit = max(plan.group_params)
+    assert abs(plan.params_removed - target) <= largest_unit
+
+
+def test_uniform_methods_remove_floor_of_ratio_per_layer(tiny, calibration):
+    plan = prune(copy.deepcopy(tiny), "wanda_sp", 0.5, calibration=calibration).plan
+    assert [len(g) for g in plan.kept_groups] == [1, 1, 1]  # 2 groups, floor(0.5 * 2) = 1 removed
+    assert [len(c) for c in plan.kept_channels] == [48, 48, 48]  # 96 - floor(48)
+
+
+def test_same_seed_same_plan(tiny, calibration):
+    for method in ALL_METHODS:
+        a = prune(copy.deepcopy(tiny), method, 0.4, calibration=calibration, seed=3).plan
+        b = prune(copy.deepcopy(tiny), method, 0.4, calibration=calibration, seed=3).plan
+        assert a.to_json() == b.to_json(), method
+    c = prune(copy.deepcopy(tiny), "random", 0.4, seed=4).plan
+    assert c.kept_channels != a.kept_channels  # a is the seed-3 random plan
+
+
+def test_plan_json_round_trip_and_reapply(tiny, calibration, probe, tmp_path):
+    pruned = copy.deepcopy(tiny)
+    plan = prune(pruned, "flap", 0.5, calibration=calibration).plan
+    plan.save(tmp_path / "plan.json")
+    again = Plan.load(tmp_path / "plan.json")
+    assert again == plan
+    fresh = apply_plan(copy.deepcopy(tiny), again)
+    assert torch.equal(logits(fresh, probe), logits(pruned, probe))
+    assert count_parameters(fresh) == again.params_after
+
+
+def test_round_to_keeps_channel_counts_multiples(tiny, calibration):
+    plan = prune(copy.deepcopy(tiny), "flap", 0.3, calibration=calibration, round_to=8).plan
+    assert all(len(c) % 8 == 0 for c in plan.kept_channels)
+    plan = prune(copy.deepcopy(tiny), "wanda_sp", 0.3, calibration=calibration, round_to=32).plan
+    assert [len(c) for c in plan.kept_channels] == [64, 64, 64]  # 96 - 28 = 68 -> 64
+
+
+def _constant_unit_model():
+    """Tiny LLaMA with biases, in which KV group 0 and MLP channels 0..47 of every layer output a constant:
+    their v (gate/up) weight rows are zero, so only the biases reach them."""
+    config = copy.deepcopy(tiny_llama(num_layers=2).config)
+    config.attention_bias, config.mlp_bias = True, True
+    model = type(tiny_llama())(config).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0, 1.0 if "embed" in name else 0.2)
+        for layer in model.model.layers:
+            layer.self_attn.v_proj.weight[:config.head_dim] = 0  # group 0's values are the constant bias
+            layer.mlp.gate_proj.weight[:48] = 0
+            layer.mlp.up_proj.weight[:48] = 0
+    return model
+
+
+def test_flap_bias_compensation_is_exact_for_constant_channels(calibration, probe):
+    dense = _constant_unit_model()
+    pruned = copy.deepcopy(dense)
+    plan = prune(pruned, "flap", 0.5, calibration=calibration, metric="IFV", structure="UL-UM").plan
+    assert plan.kept_groups == [[1], [1]]  # the constant group goes first (zero variance)
+    assert plan.kept_channels == [list(range(48, 96))] * 2
+    assert torch.allclose(logits(pruned, probe), logits(dense, probe), atol=1e-5, rtol=0)
+    # Without compensation the same cut changes the function.
+    uncompensated = copy.deepcopy(dense)
+    prune(uncompensated, "flap", 0.5, calibration=calibration, metric="IFV", structure="UL-UM",
+          bias_compensation=False)
+    assert (logits(uncompensated, probe) - logits(dense, probe)).abs().max() > 1e-2
+
+
+def test_layer_with_every_group_removed_runs_and_generates(tiny, calibration, probe):
+    pruned = copy.deepcopy(tiny)
+    plan = prune(pruned, "flap", 0.6, calibration=calibration).plan
+    assert 0 in [len(g) for g in plan.kept_groups], "this setting should empty a layer's attention"
+    assert torch.isfinite(logits(pruned, probe)).all()
+    prompt = probe[:1, :6]
+    cached = pruned.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True)
+    uncached = pruned.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)  # the empty attention keeps the cache length right
+
+
+def _run(script: str) -> None:
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+
+
+def test_save_reload_in_new_process_gives_identical_logits(tiny, calibration, probe, tmp_path):
+    pruned = copy.deepcopy(tiny)
+    result = prune(pruned, "flap", 0.6, calibration=calibration)
+    ckpt = tmp_path / "ckpt"
+    save_pruned(pruned, None, ckpt, {"plan": result.plan.to_dict()})
+    torch.save(probe, tmp_path / "probe.pt")
+    expected = logits(pruned, probe)
+    # structprune's loader, no remote code
+    _run(f"""
+import torch, structprune
+model, _ = structprune.load_pruned({str(ckpt)!r})
+assert type(model).__module__ == "structprune.pruned_modeling"
+with torch.no_grad():
+    torch.save(model(torch.load({str(tmp_path / 'probe.pt')!r})).logits, {str(tmp_path / 'local.pt')!r})
+""")
+    # plain transformers with the checkpoint's own modeling file, structprune made unimportable
+    _run(f"""
+import sys, torch
+sys.modules["structprune"] = None
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained({str(ckpt)!r}, trust_remote_code=True)
+assert "transformers_modules" in type(model).__module__, type(model).__module__
+with torch.no_grad():
+    torch.save(model(torch.load({str(tmp_path / 'probe.pt')!r})).logits, {str(tmp_path / 'remote.pt')!r})
+""")
+    assert torch.equal(torch.load(tmp_path / "local.pt"), expected)
+    assert torch.equal(torch.load(tmp_path / "remote.pt"), expected)
+    assert (ckpt / "model.safetensors").is_file()
+    assert not list(tmp_path.glob("ckpt.tmp-*"))
+
+
+def test_save_refuses_to_overwrite_and_load_checks_sidecar(tiny, calibration, tmp_path):
+    pruned = copy.deepcopy(tiny)
+    prune(pruned, "magnitude", 0.3)
+    save_pruned(pruned, None, tmp_path / "ckpt")
+    with pytest.raises(FileExistsError, match="exists"):
+        save_pruned(pruned, None, tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "pruning.json").unlink()
+    with pytest.raises(FileNotFoundError, match="pruning.json is missing"):
+        load_pruned(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, float("nan")])
+def test_ratio_outside_unit_interval_is_refused(ratio, tiny, calibration):
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\)"):
+        prune(tiny, "flap", ratio, calibration=calibration)
+
+
+def test_unknown_method_and_option_are_refused(tiny, calibration):
+    with pytest.raises(ValueError, match="unknown method 'sparsegpt'.*flap"):
+        prune(tiny, "sparsegpt", 0.2, calibration=calibration)
+    with pytest.raises(ValueError, match="unknown option.*structur.*valid options: metric"):
+        prune(tiny, "flap", 0.2, calibration=calibration, structur="AL-AM")
+    with pytest.raises(ValueError, match="unknown FLAP structure 'XL-AM'"):
+        prune(tiny, "flap", 0.2, calibration=calibration, structure="XL-AM")
+
+
+def test_unsupported_architecture_is_refused(calibration):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=256))
+    with pytest.raises(NotImplementedError, match="'gpt2' is not supported.*llama, mistral, qwen2"):
+        prune(model, "magnitude", 0.2)
+
+
+def test_nan_in_statistics_is_refused(tiny, calibration):
+    with torch.no_grad():
+        tiny.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="NaN or Inf.*layer 1"):
+        prune(tiny, "flap", 0.2, calibration=calibration)
+
+
+def test_gqa_unit_parameter_counts_add_up():
+    model = tiny_llama(num_layers=2, hidden_size=96, num_heads=6, num_kv_heads=3)
+    linear = sum(p.numel() for n, p in model.named_parameters() if "layers" in n and "proj" in n)
+    assert sum(s.params for s in layer_shapes(model)) == linear
+
+
+def test_channel_stats_match_direct_float64():
+    torch.manual_seed(0)
+    x = torch.randn(5, 7, 11) * 3 + 1
+    stats = ChannelStats(11)
+    for part in x.split(2):
+        stats.update(part)
+    flat = x.reshape(-1, 11).double()
+    assert torch.allclose(stats.mean, flat.mean(0), atol=1e-12)
+    assert torch.allclose(stats.variance, flat.var(0, unbiased=True), atol=1e-12)
+    assert torch.allclose(stats.norm, torch.sqrt((flat ** 2).sum(0) / 5), atol=1e-12)
+
+
+def test_sidecar_records_plan_and_config_records_layer_shapes(tiny, calibration, tmp_path):
+    pruned = copy.deepcopy(tiny)
+    result = prune(pruned, "flap", 0.5, calibration=calibration)
+    save_pruned(pruned, None, tmp_path / "ckpt", {"plan": result.plan.to_dict()})
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert [s["intermediate_size"] for s in config["layer_shapes"]] == [len(c) for c in result.plan.kept_channels]
+    assert [s["num_key_value_heads"] for s in config["layer_shapes"]] == [len(g) for g in result.plan.kept_groups]
+    assert Plan.from_dict(json.loads((tmp_path / "ckpt" / "pruning.json").read_text())["plan"]) == result.plan
