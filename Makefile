@@ -36,7 +36,8 @@ results/notebooks/%.ipynb: notebooks/%.ipynb $(STAMP)
 	@mv $@.tmp.ipynb $@
 
 test: $(STAMP)  ## unit tests (tiny model), integration tests (embedded model), notebooks through nbval
-	$(TEST_ENV) $(PY) -m pytest -q --nbval-lax --nbval-current-env tests notebooks
+	scratch=$$(mktemp -d) && STRUCTPRUNE_RESULTS=$$scratch $(TEST_ENV) $(PY) -m pytest -q --nbval-lax --nbval-current-env tests notebooks; \
+	  status=$$?; rm -rf $$scratch; exit $$status
 
 check: $(STAMP)  ## fast checks: lint and notebooks stored without outputs
 	$(PY) -m ruff check src tests benchmarks

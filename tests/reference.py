@@ -138,7 +138,7 @@ def reference_wanda_sp(model, calibration, ratio):
         o, down = layer.self_attn.o_proj, layer.mlp.down_proj
         X = _inputs_of(m, calibration, [o, down])  # earlier layers are already (mask-)pruned
 
-        def score(linear):  # ||X_j|| * mean_i |W_ij|
+        def score(linear, X=X):  # ||X_j|| * mean_i |W_ij|
             return torch.sqrt((X[linear] ** 2).sum(0) / N) * linear.weight.detach().abs().mean(0)
 
         so, sd = score(o), score(down)

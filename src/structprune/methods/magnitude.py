@@ -15,10 +15,14 @@ from . import Method, register
 from .common import down_proj, empty_plan, group_sum, o_proj
 
 
+def column_norm(linear: torch.nn.Linear) -> torch.Tensor:
+    """||W_:,j||_2 of every input column."""
+    return linear.weight.detach().to(torch.float64).norm(dim=0)
+
+
 def magnitude(model, ratio: float, calibration=None, round_to: int = 1) -> Plan:
     group_width = queries_per_group(model.config) * head_dim(model.config)
     layers = range(len(decoder_layers(model)))
-    column_norm = lambda linear: linear.weight.detach().to(torch.float64).norm(dim=0)  # noqa: E731
     group_scores = [group_sum(column_norm(o_proj(model, i)), group_width) for i in layers]
     channel_scores = [column_norm(down_proj(model, i)) for i in layers]
     plan = empty_plan(model, "magnitude", ratio, {"round_to": round_to})
