@@ -13,6 +13,7 @@ import os
 import platform
 import subprocess
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,19 @@ def find_record(experiment: str, config: dict) -> dict | None:
     """The existing record of this exact config, if the run already finished."""
     path = record_path(experiment, config)
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run_once(experiment: str, config: dict, compute: Callable[[], tuple[dict, dict]]) -> dict:
+    """The record of `config`, computing it first if this exact run has not finished before.
+
+    compute() -> (metrics, timings). This is what makes notebooks and sweeps resumable: an interrupted
+    run left no record (records are atomic), so it is simply run again.
+    """
+    record = find_record(experiment, config)
+    if record is None:
+        metrics, timings = compute()
+        record = json.loads(write_record(experiment, config, metrics, timings).read_text())
+    return record
 
 
 def load_records(root: Path | None = None, experiment: str | None = None):
