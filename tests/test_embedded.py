@@ -84,6 +84,13 @@ def test_cli_evaluate_and_prune_write_records(tmp_path, capsys):
     assert "Wanda-sp ratio 0.5" in out and (ckpt / "pruning.json").is_file()
     sidecar = json.loads((ckpt / "pruning.json").read_text())
     assert sidecar["calibration"]["dataset"] == "c4" and sidecar["calibration"]["nsamples"] == 4
+    # a pruned checkpoint directory is a model spec like any other, for perplexity and zero-shot
+    record = tmp_path / "wanda-eval.json"
+    assert cli(["evaluate", "--model", str(ckpt), "--tasks", "arc_easy,winogrande", "--limit", "3",
+                "--output", str(record)]) == 0
+    zero = json.loads(record.read_text())["metrics"]["zero_shot"]
+    assert zero["tasks"]["winogrande"]["documents"] == 3 and zero["tasks"]["arc_easy"]["paper_metric"] == "acc_norm"
+    assert "average" in capsys.readouterr().out
     assert cli(["prune", "--model", "embedded", "--method", "flap", "--ratio", "1.2", "--output",
                 str(tmp_path / "bad")]) == 2
     assert "must be in [0, 1)" in capsys.readouterr().err

@@ -48,14 +48,26 @@ def cmd_evaluate(args) -> int:
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     load_seconds = time.perf_counter() - start
     metrics = _perplexities(model, tokenizer, args.perplexity, args.seqlen, args.max_windows, args.batch_size)
+    if args.tasks:
+        from .evaluate import zero_shot
+
+        metrics["zero_shot"] = zero_shot(model, tokenizer, args.tasks, args.limit, args.batch_size, args.task_source)
     if not metrics:
-        raise SystemExit("nothing to evaluate: pass --perplexity wikitext2 (or ptb, c4)")
+        raise SystemExit("nothing to evaluate: pass --perplexity wikitext2 (or ptb, c4) and/or --tasks boolq,...")
     config = {"command": "evaluate", "model": model.structprune_source, "perplexity": args.perplexity,
-              "seqlen": args.seqlen, "max_windows": args.max_windows, "dtype": str(model.dtype)}
+              "seqlen": args.seqlen, "max_windows": args.max_windows, "tasks": args.tasks, "limit": args.limit,
+              "task_source": args.task_source, "dtype": str(model.dtype)}
     path = write_record("evaluate", config, metrics, {"load_seconds": load_seconds},
                         path=Path(args.output) if args.output else None)
     for name, result in metrics.items():
-        print(f"{name}: {result['perplexity']:.3f}  ({result['protocol']}, {result['tokens']} tokens)")
+        if name.startswith("perplexity_"):
+            print(f"{name}: {result['perplexity']:.3f}  ({result['protocol']}, {result['tokens']} tokens)")
+    if "zero_shot" in metrics:
+        for task, r in metrics["zero_shot"]["tasks"].items():
+            note = "  (approximation)" if r["approximation"] else ""
+            print(f"{task}: {r['paper_metric']} {r['score']:.4f} on {r['documents']} documents, "
+                  f"{r['task']} v{r['version']}{note}")
+        print(f"average ({metrics['zero_shot']['metric_convention']}): {metrics['zero_shot']['average']:.4f}")
     print(f"record: {path}")
     return 0
 
@@ -120,7 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="perplexity of a model (dense or pruned checkpoint)")
     model_args(ev)
-    ev.add_argument("--perplexity", default="wikitext2", help="comma-separated: wikitext2, ptb, c4")
+    ev.add_argument("--perplexity", default=None, help="comma-separated: wikitext2, ptb, c4")
+    ev.add_argument("--tasks", default=None,
+                    help="zero-shot tasks, comma-separated: boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa")
+    ev.add_argument("--limit", type=int, default=None, help="zero-shot: the first N documents of each task")
+    ev.add_argument("--task-source", default="auto", help="auto | local (data folder) | official (lm-eval's, hub data)")
     ev.add_argument("--seqlen", type=int, default=128, help="window length (papers: 128 FLAP/LLM-Pruner, 2048 Wanda)")
     ev.add_argument("--output", default=None, help="record path (default results/runs/evaluate/<hash>.json)")
     ev.set_defaults(func=cmd_evaluate)

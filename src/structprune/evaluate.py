@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -65,3 +66,84 @@ def perplexity(model, tokenizer, dataset: str = "wikitext2", split: str = "test"
         "protocol": f"non-overlapping {seqlen}-token windows, first {result['windows']} of {ids.numel() // seqlen}",
     })
     return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Zero-shot accuracy through EleutherAI's lm-evaluation-harness (lm-eval 0.4.13), never re-implemented.
+
+PAPER_TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
+# Local mirrors in src/structprune/tasks/ (official prompts, choices, targets and metrics on the files of
+# the data folder). HellaSwag's local copy is a derived text: an approximation, named so.
+LOCAL_TASKS = {
+    "boolq": "boolq_local", "piqa": "piqa_local", "hellaswag": "hellaswag_approx_local",
+    "winogrande": "winogrande_local", "arc_easy": "arc_easy_local", "arc_challenge": "arc_challenge_local",
+    "openbookqa": "openbookqa_local",
+}
+# The papers' metric per task (spec §5.2): acc for BoolQ and WinoGrande, acc_norm for the other five.
+PAPER_METRIC = {"boolq": "acc", "winogrande": "acc", "piqa": "acc_norm", "hellaswag": "acc_norm",
+                "arc_easy": "acc_norm", "arc_challenge": "acc_norm", "openbookqa": "acc_norm"}
+
+
+def tasks_dir() -> Path:
+    return Path(__file__).resolve().parent / "tasks"
+
+
+def zero_shot(model, tokenizer, tasks=PAPER_TASKS, limit: int | None = None, batch_size: int = 8,
+              source: str = "auto", data_path=None) -> dict:
+    """Zero-shot accuracy of an in-memory model on lm-eval tasks.
+
+    tasks: official names (boolq, piqa, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa).
+    source: `local` runs the mirrors in structprune/tasks on the data folder; `official` runs lm-eval's
+    own tasks (needs their data from the hub); `auto` is local when the data folder has the task files.
+    limit: the first N documents of each task (a documented fixed subset), None for all.
+    Returns per task acc and acc_norm with stderr, the number of documents, the task version, the
+    paper's metric for the task, and the average of the paper metrics.
+    """
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from .data import default_data_dir
+
+    if isinstance(tasks, str):
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in LOCAL_TASKS]
+    if unknown:
+        raise ValueError(f"unknown zero-shot task(s) {', '.join(unknown)}: choose from {', '.join(PAPER_TASKS)}")
+    if source == "auto":
+        folder = data_path or default_data_dir()
+        source = "local" if folder is not None and (Path(folder) / "boolq").is_dir() else "official"
+    if source not in ("local", "official"):
+        raise ValueError(f"source must be auto, local or official, got {source!r}")
+    names = {t: LOCAL_TASKS[t] if source == "local" else t for t in tasks}
+    manager = TaskManager(include_path=str(tasks_dir()),
+                          metadata={"data_path": str(data_path)} if data_path else None)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    start = time.perf_counter()
+    output = simple_evaluate(model=lm, tasks=list(names.values()), task_manager=manager, limit=limit,
+                             num_fewshot=0, log_samples=False, bootstrap_iters=100)  # mean metrics: closed-form stderr
+    seconds = time.perf_counter() - start
+    results = {}
+    for task, name in names.items():
+        raw = output["results"][name]
+        entry = {"task": name, "source": source, "version": output["versions"].get(name),
+                 "documents": output["n-samples"][name]["effective"], "paper_metric": PAPER_METRIC[task],
+                 "approximation": task == "hellaswag" and source == "local"}
+        for metric in ("acc", "acc_norm"):
+            if f"{metric},none" in raw:
+                entry[metric] = raw[f"{metric},none"]
+                entry[f"{metric}_stderr"] = raw.get(f"{metric}_stderr,none")
+        entry["score"] = entry[PAPER_METRIC[task]]
+        results[task] = entry
+    return {
+        "tasks": results,
+        "average": sum(r["score"] for r in results.values()) / len(results),
+        "metric_convention": "acc for boolq and winogrande, acc_norm for the others (spec §5.2); average unweighted",
+        "limit": limit, "num_fewshot": 0, "seconds": seconds, "lm_eval_version": _lm_eval_version(),
+    }
+
+
+def _lm_eval_version() -> str | None:
+    from importlib.metadata import version
+
+    return version("lm_eval")
