@@ -49,3 +49,15 @@ def test_wanda_sp_matches_sequential_mask_reference(calibration, probe):
     assert all(len(g) == 2 for g in plan.kept_groups)  # floor(0.5 * 3) = 1 of 3 groups removed per layer
     # Sliced float32 model computes what the masked float64 model computes.
     assert torch.allclose(logits(pruned, probe).double(), logits(masked, probe), atol=1e-3, rtol=1e-4)
+
+
+def test_magnitude_keeps_the_largest_column_norms():
+    model = tiny_llama(num_layers=2, hidden_size=96, num_heads=6, num_kv_heads=3)
+    layers = [(copy.deepcopy(layer.self_attn.o_proj.weight), copy.deepcopy(layer.mlp.down_proj.weight))
+              for layer in model.model.layers]
+    plan = prune(model, "magnitude", 0.5).plan
+    for (o, down), groups, channels in zip(layers, plan.kept_groups, plan.kept_channels, strict=True):
+        norms = down.double().norm(dim=0)
+        assert channels == sorted(norms.argsort(descending=True)[:48].tolist())
+        group_norms = [o[:, g * 32:(g + 1) * 32].double().norm(dim=0).sum().item() for g in range(3)]
+        assert groups == sorted(sorted(range(3), key=lambda g: -group_norms[g])[:2])
