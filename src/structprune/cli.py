@@ -75,7 +75,7 @@ def cmd_evaluate(args) -> int:
 def cmd_prune(args) -> int:
     from .methods import prune
     from .models import load_model
-    from .records import write_record
+    from .records import environment, write_record
     from .surgery import save_pruned
 
     options = _parse_options(args.option)
@@ -91,8 +91,6 @@ def cmd_prune(args) -> int:
                                  args.batch_size))
     provenance = {**config, "label": result.label, "params_before": result.params_before,
                   "params_after": result.params_after, "plan": result.plan.to_dict()}
-    from .records import environment
-
     provenance.update(environment())
     save_pruned(model, tokenizer, args.output, provenance, overwrite=args.overwrite)
     path = write_record("prune", config, metrics, {"prune_seconds": result.seconds},

@@ -161,14 +161,12 @@ def calibration_batches(tokenizer, dataset: str, nsamples: int, seqlen: int, see
             )
         starts = [rng.randint(0, ids.numel() - seqlen - 1) for _ in range(nsamples)]
         return torch.stack([ids[s:s + seqlen] for s in starts])
-    # Document samplers: re-draw until a row is long enough (row lengths cached as we go).
+    # Document samplers: re-draw until a row is long enough (row encodings cached as we go).
     encoded: dict[int, torch.Tensor] = {}
-    lengths = [len(r) for r in rows]
-    eligible_chars = sum(n for n in lengths if n > seqlen)  # a token is at least one character
-    if eligible_chars == 0 or nsamples * seqlen > sum(lengths):
+    if max(len(r) for r in rows) < seqlen:  # a token spans at least one character
         raise ValueError(
-            f"too few calibration tokens: no row of {source} is long enough for {nsamples} x {seqlen} tokens. "
-            "Ask for fewer samples or shorter windows."
+            f"too few calibration tokens: no row of {source} is long enough for windows of {seqlen} tokens. "
+            "Ask for shorter windows."
         )
     windows, draws, min_len = [], 0, seqlen + 1 if dataset == "c4" else seqlen
     while len(windows) < nsamples:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -139,11 +140,5 @@ def zero_shot(model, tokenizer, tasks=PAPER_TASKS, limit: int | None = None, bat
         "tasks": results,
         "average": sum(r["score"] for r in results.values()) / len(results),
         "metric_convention": "acc for boolq and winogrande, acc_norm for the others (spec §5.2); average unweighted",
-        "limit": limit, "num_fewshot": 0, "seconds": seconds, "lm_eval_version": _lm_eval_version(),
+        "limit": limit, "num_fewshot": 0, "seconds": seconds, "lm_eval_version": version("lm_eval"),
     }
-
-
-def _lm_eval_version() -> str | None:
-    from importlib.metadata import version
-
-    return version("lm_eval")

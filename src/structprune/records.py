@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +58,8 @@ def environment() -> dict[str, Any]:
     versions = {"python": platform.python_version(), "torch": torch.__version__,
                 "transformers": transformers.__version__, "structprune": __version__}
     try:
-        import lm_eval
-
-        versions["lm_eval"] = getattr(lm_eval, "__version__", None)
-    except Exception:  # lm-eval is optional for most records
+        versions["lm_eval"] = metadata.version("lm_eval")
+    except metadata.PackageNotFoundError:
         versions["lm_eval"] = None
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
     return {"versions": versions, "git_commit": git_commit(), "device": device,
