@@ -118,4 +118,4 @@ def prune(model, method: str, ratio: float, calibration: torch.Tensor | str | No
 
 
 # Register the recipes (each file calls `register`).
-from . import flap, magnitude, random_sp, wanda_sp  # noqa: E402,F401
+from . import flap, llm_pruner, magnitude, random_sp, wanda_sp  # noqa: E402,F401
