@@ -16,6 +16,8 @@ class CharTokenizer:
     """One token per character: enough to test windowing without a model."""
 
     def __call__(self, text, verbose=False):
+        if isinstance(text, list):
+            return {"input_ids": [[ord(c) % 256 for c in t] for t in text]}
         return {"input_ids": [ord(c) % 256 for c in text]}
 
 

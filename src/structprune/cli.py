@@ -84,12 +84,20 @@ def cmd_prune(args) -> int:
                    nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, **options)
     config = {"command": "prune", "model": model.structprune_source, "method": args.method, "ratio": args.ratio,
               "options": result.options, "calibration": result.calibration, "seed": args.seed,
-              "dtype": str(model.dtype)}
+              "dtype": str(model.dtype), "recover": args.recover}
+    recovery = None
+    if args.recover == "lora":
+        from .recovery import lora_recover
+
+        recovery = lora_recover(model, tokenizer, max_steps=args.recover_steps, lr=args.recover_lr, seed=args.seed)
+        config["recovery_options"] = recovery["options"]
     metrics = {"params_before": result.params_before, "params_after": result.params_after,
                "plan": result.plan.summary()}
+    if recovery is not None:
+        metrics["recovery_loss_curve"] = recovery["loss_curve"]
     metrics.update(_perplexities(model, tokenizer, args.perplexity, args.eval_seqlen, args.max_windows,
                                  args.batch_size))
-    provenance = {**config, "label": result.label, "params_before": result.params_before,
+    provenance = {**config, "label": result.label, "recovery": recovery, "params_before": result.params_before,
                   "params_after": result.params_after, "plan": result.plan.to_dict()}
     provenance.update(environment())
     save_pruned(model, tokenizer, args.output, provenance, overwrite=args.overwrite)
@@ -150,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option, repeatable")
     pr.add_argument("--perplexity", default=None, help="also evaluate: comma-separated wikitext2, ptb, c4")
     pr.add_argument("--eval-seqlen", type=int, default=128, help="evaluation window length")
+    pr.add_argument("--recover", default="none", choices=["none", "lora"], help="recovery after pruning")
+    pr.add_argument("--recover-steps", type=int, default=100, help="LoRA optimiser steps (batch 8)")
+    pr.add_argument("--recover-lr", type=float, default=1e-4, help="LoRA learning rate")
     pr.add_argument("--output", required=True, help="directory of the pruned checkpoint")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
     pr.set_defaults(func=cmd_prune)

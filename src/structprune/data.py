@@ -161,30 +161,50 @@ def calibration_batches(tokenizer, dataset: str, nsamples: int, seqlen: int, see
             )
         starts = [rng.randint(0, ids.numel() - seqlen - 1) for _ in range(nsamples)]
         return torch.stack([ids[s:s + seqlen] for s in starts])
-    # Document samplers: re-draw until a row is long enough (row encodings cached as we go).
-    encoded: dict[int, torch.Tensor] = {}
-    if max(len(r) for r in rows) < seqlen:  # a token spans at least one character
+    # Document samplers (Wanda's get_c4, LLM-Pruner's get_bookcorpus): draw a row uniformly, with replacement,
+    # until one is long enough, then a random window. Rows are tokenised once, up front; the random stream is
+    # the original code's. Few long rows means repeated rows (BookCorpus's head has 6 rows of >= 64 SmolLM2
+    # tokens), which the original code allows too.
+    min_len = seqlen + 1 if dataset == "c4" else seqlen
+    encoded = [torch.tensor(ids, dtype=torch.long) for ids in tokenizer(rows, verbose=False)["input_ids"]]
+    if not any(ids.numel() >= min_len for ids in encoded):
         raise ValueError(
-            f"too few calibration tokens: no row of {source} is long enough for windows of {seqlen} tokens. "
-            "Ask for shorter windows."
+            f"too few calibration tokens: no row of {source} has {min_len} tokens, needed for windows of "
+            f"{seqlen}. Ask for shorter windows."
         )
-    windows, draws, min_len = [], 0, seqlen + 1 if dataset == "c4" else seqlen
+    windows = []
     while len(windows) < nsamples:
-        draws += 1
-        if draws > 200 * nsamples + 10_000:
-            raise ValueError(
-                f"too few calibration tokens: could not find {nsamples} rows of {source} with at least "
-                f"{min_len} tokens. Ask for fewer samples or shorter windows."
-            )
-        index = rng.randint(0, len(rows) - 1)
-        if index not in encoded:
-            encoded[index] = _token_ids(tokenizer, rows[index])
-        ids = encoded[index]
+        ids = encoded[rng.randint(0, len(rows) - 1)]
         if ids.numel() < min_len:
             continue
         start = rng.randint(0, ids.numel() - seqlen - 1) if dataset == "c4" else rng.randint(0, ids.numel() - seqlen)
         windows.append(ids[start:start + seqlen])
     return torch.stack(windows)
+
+
+ALPACA_FILE = "alpaca-cleaned/alpaca_data_cleaned.first5000.jsonl.gz"
+
+
+def instruction_rows(data_path: str | Path | None = None) -> tuple[list[dict], str]:
+    """Alpaca-cleaned instruction rows ({instruction, input, output}) for LoRA recovery: the local subset
+    (the first 5,000 of 51,760 rows), else the hub's `yahma/alpaca-cleaned`."""
+    import json
+
+    looked = []
+    folders = ([Path(data_path).expanduser()] if data_path else []) + [default_data_dir()]
+    for folder in filter(None, folders):
+        path = folder / ALPACA_FILE
+        if path.is_file():
+            with gzip.open(path, "rt", encoding="utf-8") as handle:
+                return [json.loads(line) for line in handle if line.strip()], str(path)
+        looked.append(str(path))
+    try:
+        import datasets
+
+        return list(datasets.load_dataset("yahma/alpaca-cleaned", split="train")), "hub:yahma/alpaca-cleaned"
+    except Exception as error:
+        looked.append(f"the Hugging Face hub ({type(error).__name__})")
+    raise FileNotFoundError(f"no Alpaca-cleaned data. Looked in: {'; '.join(looked)}. Set {DATA_ENV}.")
 
 
 def random_calibration(vocab_size: int, nsamples: int, seqlen: int, seed: int = 0) -> torch.Tensor:
