@@ -58,6 +58,7 @@ def main() -> None:
                                seqlen=seqlen, seed=args.seed)
                 metrics = {"perplexity": evaluate(model), "params_before": result.params_before,
                            "params_after": result.params_after, "plan": result.plan.summary(),
+                           "peak_memory": result.peak_memory,
                            "calibration": result.calibration}
                 return metrics, {"prune_seconds": result.seconds}
 

@@ -79,6 +79,8 @@ def cmd_prune(args) -> int:
     from .surgery import save_pruned
 
     options = _parse_options(args.option)
+    if args.target_params is not None:
+        options["target_params"] = args.target_params
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     result = prune(model, args.method, args.ratio, calibration=args.calibration, tokenizer=tokenizer,
                    nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, **options)
@@ -92,7 +94,7 @@ def cmd_prune(args) -> int:
         recovery = lora_recover(model, tokenizer, max_steps=args.recover_steps, lr=args.recover_lr, seed=args.seed)
         config["recovery_options"] = recovery["options"]
     metrics = {"params_before": result.params_before, "params_after": result.params_after,
-               "plan": result.plan.summary()}
+               "peak_memory": result.peak_memory, "plan": result.plan.summary()}
     if recovery is not None:
         metrics["recovery_loss_curve"] = recovery["loss_curve"]
     metrics.update(_perplexities(model, tokenizer, args.perplexity, args.eval_seqlen, args.max_windows,
@@ -151,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(pr)
     pr.add_argument("--method", required=True, help="see `structprune methods`")
     pr.add_argument("--ratio", type=float, required=True, help="pruning ratio in [0, 1)")
+    pr.add_argument("--target-params", type=float, default=None,
+                    help="llm_pruner: whole-model parameter fraction to remove (sets the per-group ratio)")
     pr.add_argument("--calibration", default=None, help="wikitext2 | ptb | c4 | bookcorpus (default: the paper's)")
     pr.add_argument("--nsamples", type=int, default=None, help="calibration sequences (default: the paper's)")
     pr.add_argument("--seqlen", type=int, default=None, help="calibration tokens per sequence (default: the paper's)")

@@ -64,11 +64,12 @@ class PruneResult:
     seconds: float
     params_before: int
     params_after: int
+    peak_memory: dict = field(default_factory=dict)  # CUDA max allocated, or the process's peak RSS on CPU
 
     def summary(self) -> dict:
         return {"method": self.method, "label": self.label, "ratio": self.ratio, "options": self.options,
                 "calibration": self.calibration, "seconds": self.seconds, "params_before": self.params_before,
-                "params_after": self.params_after, "plan": self.plan.summary()}
+                "params_after": self.params_after, "peak_memory": self.peak_memory, "plan": self.plan.summary()}
 
 
 def prune(model, method: str, ratio: float, calibration: torch.Tensor | str | None = None, tokenizer=None,
@@ -108,13 +109,23 @@ def prune(model, method: str, ratio: float, calibration: torch.Tensor | str | No
 
         info["token_sha256"] = hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest()[:16]
     params_before = count_parameters(model)
+    cuda = next(model.parameters()).is_cuda
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     torch.manual_seed(seed)
     plan = spec.recipe(model, ratio, ids, **options)
     seconds = time.perf_counter() - start
+    if cuda:
+        torch.cuda.synchronize()
+        peak = {"cuda_max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20}
+    else:
+        import resource
+
+        peak = {"process_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     return PruneResult(model=model, plan=plan, method=method, label=spec.label, ratio=ratio, options=options,
                        calibration=info, seconds=seconds, params_before=params_before,
-                       params_after=count_parameters(model))
+                       params_after=count_parameters(model), peak_memory=peak)
 
 
 # Register the recipes (each file calls `register`).
