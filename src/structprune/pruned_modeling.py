@@ -78,6 +78,11 @@ def reshape_layer(layer: nn.Module, shape: dict, config) -> None:
 class StructprunedMixin:
     """Builds the stock model, then applies `config.layer_shapes`."""
 
+    def __init__(self, config):
+        super().__init__(config)
+        self._apply_layer_shapes()
+        self.post_init()
+
     def _apply_layer_shapes(self) -> None:
         for layer, shape in zip(self.model.layers, self.config.layer_shapes or [], strict=False):
             reshape_layer(layer, shape, self.config)
@@ -104,28 +109,13 @@ class StructprunedQwen2Config(Qwen2Config):
 class StructprunedLlamaForCausalLM(StructprunedMixin, LlamaForCausalLM):
     config_class = StructprunedLlamaConfig
 
-    def __init__(self, config):
-        super().__init__(config)
-        self._apply_layer_shapes()
-        self.post_init()
-
 
 class StructprunedMistralForCausalLM(StructprunedMixin, MistralForCausalLM):
     config_class = StructprunedMistralConfig
 
-    def __init__(self, config):
-        super().__init__(config)
-        self._apply_layer_shapes()
-        self.post_init()
-
 
 class StructprunedQwen2ForCausalLM(StructprunedMixin, Qwen2ForCausalLM):
     config_class = StructprunedQwen2Config
-
-    def __init__(self, config):
-        super().__init__(config)
-        self._apply_layer_shapes()
-        self.post_init()
 
 
 # base model_type -> (pruned config class, pruned model class)
