@@ -7,6 +7,7 @@ the signature `recipe(model, ratio, calibration, **options) -> Plan`: it prunes 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -105,8 +106,6 @@ def prune(model, method: str, ratio: float, calibration: torch.Tensor | str | No
         info = {"dataset": dataset, "split": calibration_split(dataset, data_path), "nsamples": nsamples,
                 "seqlen": seqlen, "seed": seed}
     if ids is not None:
-        import hashlib
-
         info["token_sha256"] = hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest()[:16]
     params_before = count_parameters(model)
     cuda = next(model.parameters()).is_cuda

@@ -110,29 +110,17 @@ def hellaswag_rows(data_path: str | None = None) -> list[dict]:
             for i in range(0, len(lines), 6)]
 
 
-def boolq(**kwargs) -> datasets.DatasetDict:
-    return _split(boolq_rows(kwargs.get("data_path")), "validation")
+def _loader(rows, split: str):
+    """The `custom_dataset` function lm-eval calls (with the task metadata as keyword arguments)."""
+    def load(**kwargs) -> datasets.DatasetDict:
+        return _split(rows(kwargs.get("data_path")), split)
+    return load
 
 
-def piqa(**kwargs) -> datasets.DatasetDict:
-    return _split(piqa_rows(kwargs.get("data_path")), "validation")
-
-
-def winogrande(**kwargs) -> datasets.DatasetDict:
-    return _split(winogrande_rows(kwargs.get("data_path")), "validation")
-
-
-def arc_easy(**kwargs) -> datasets.DatasetDict:
-    return _split(arc_easy_rows(kwargs.get("data_path")), "test")
-
-
-def arc_challenge(**kwargs) -> datasets.DatasetDict:
-    return _split(arc_challenge_rows(kwargs.get("data_path")), "test")
-
-
-def openbookqa(**kwargs) -> datasets.DatasetDict:
-    return _split(openbookqa_rows(kwargs.get("data_path")), "test")
-
-
-def hellaswag(**kwargs) -> datasets.DatasetDict:
-    return _split(hellaswag_rows(kwargs.get("data_path")), "validation")
+boolq = _loader(boolq_rows, "validation")
+piqa = _loader(piqa_rows, "validation")
+winogrande = _loader(winogrande_rows, "validation")
+arc_easy = _loader(arc_easy_rows, "test")
+arc_challenge = _loader(arc_challenge_rows, "test")
+openbookqa = _loader(openbookqa_rows, "test")
+hellaswag = _loader(hellaswag_rows, "validation")
