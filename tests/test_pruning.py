@@ -271,3 +271,25 @@ def test_gram_and_block_hooks(tiny, calibration):
     # Block hooks see each layer's input and output hidden states; outputs feed the next layer.
     assert [i for i, _, _ in blocks] == [0, 1, 2]
     assert torch.equal(torch.cat(blocks[0][2]), torch.cat(blocks[1][1]))
+
+
+def test_statistics_cache_reuses_one_shot_passes_and_notices_changed_weights(tiny, calibration):
+    from structprune.stats import clear_statistics_cache, collect_statistics
+
+    clear_statistics_cache()
+    calls = []
+    handle = tiny.model.layers[0].register_forward_pre_hook(lambda m, a: calls.append(1))
+    first = collect_statistics(tiny, calibration, ("mlp.down_proj",))
+    runs = len(calls)
+    again = collect_statistics(tiny, calibration, ("mlp.down_proj",))
+    assert len(calls) == runs, "the second identical one-shot pass should come from the cache"
+    assert torch.equal(first[1]["mlp.down_proj"].m2, again[1]["mlp.down_proj"].m2)
+    again[1]["mlp.down_proj"].m2.zero_()  # callers get copies: the cache is not changed through them
+    assert torch.equal(collect_statistics(tiny, calibration, ("mlp.down_proj",))[1]["mlp.down_proj"].m2,
+                       first[1]["mlp.down_proj"].m2)
+    with torch.no_grad():
+        tiny.model.layers[0].mlp.up_proj.weight[0, 0] += 1.0
+    changed = collect_statistics(tiny, calibration, ("mlp.down_proj",))
+    handle.remove()
+    assert len(calls) > runs, "changed weights must be recomputed"
+    assert not torch.equal(changed[0]["mlp.down_proj"].m2, first[0]["mlp.down_proj"].m2)

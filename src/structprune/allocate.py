@@ -162,6 +162,9 @@ def flap_allocation(attn_channel_scores: list[torch.Tensor], mlp_scores: list[to
     layers = len(shapes)
     if ratio == 0:
         return [list(range(s.kv_groups)) for s in shapes], [list(range(s.channels)) for s in shapes]
+    # The allocation is small: do it on the CPU whatever device the statistics were gathered on.
+    attn_channel_scores = [s.detach().cpu() for s in attn_channel_scores]
+    mlp_scores = [s.detach().cpu() for s in mlp_scores]
     adaptive = structure.startswith("AL")
     if adaptive:
         group_scores = [standardise(s).view(-1, group_width).mean(1) for s in attn_channel_scores]

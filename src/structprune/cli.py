@@ -52,11 +52,18 @@ def cmd_evaluate(args) -> int:
         from .evaluate import zero_shot
 
         metrics["zero_shot"] = zero_shot(model, tokenizer, args.tasks, args.limit, args.batch_size, args.task_source)
+    if args.speed:
+        from .speed import speed
+
+        metrics["speed"] = speed(model, repeats=args.repeats, threads=args.threads)
     if not metrics:
-        raise SystemExit("nothing to evaluate: pass --perplexity wikitext2 (or ptb, c4) and/or --tasks boolq,...")
+        raise SystemExit("nothing to evaluate: pass --perplexity wikitext2 (or ptb, c4), --tasks boolq,... "
+                         "and/or --speed")
     config = {"command": "evaluate", "model": model.structprune_source, "perplexity": args.perplexity,
               "seqlen": args.seqlen, "max_windows": args.max_windows, "tasks": args.tasks, "limit": args.limit,
               "task_source": args.task_source, "dtype": str(model.dtype)}
+    if args.speed:
+        config.update(speed=True, threads=metrics["speed"]["threads"], repeats=args.repeats)
     path = write_record("evaluate", config, metrics, {"load_seconds": load_seconds},
                         path=Path(args.output) if args.output else None)
     for name, result in metrics.items():
@@ -68,6 +75,15 @@ def cmd_evaluate(args) -> int:
             print(f"{task}: {r['paper_metric']} {r['score']:.4f} on {r['documents']} documents, "
                   f"{r['task']} v{r['version']}{note}")
         print(f"average ({metrics['zero_shot']['metric_convention']}): {metrics['zero_shot']['average']:.4f}")
+    if "speed" in metrics:
+        result = metrics["speed"]
+        for row in result["prefill"]:
+            print(f"prefill batch {row['batch']} x {row['tokens']}: {row['tokens_per_second']:.0f} tokens/s")
+        for row in result["decode"]:
+            print(f"decode batch {row['batch']}: {row['tokens_per_second']:.1f} tokens/s, "
+                  f"{row['latency_per_token_ms']:.1f} ms per step")
+        print(f"parameters {result['parameters']:,}; MACs per token {result['macs_per_token']['total']:,.0f}; "
+              f"memory {result['memory']}; {result['protocol']}")
     print(f"record: {path}")
     return 0
 
@@ -146,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=None, help="zero-shot: the first N documents of each task")
     ev.add_argument("--task-source", default="auto", help="auto | local (data folder) | official (lm-eval's, hub data)")
     ev.add_argument("--seqlen", type=int, default=128, help="window length (papers: 128 FLAP/LLM-Pruner, 2048 Wanda)")
+    ev.add_argument("--speed", action="store_true",
+                    help="prefill (batch 1/8 x 128/512) and decode (128 new tokens) throughput, memory, MACs")
+    ev.add_argument("--threads", type=int, default=None, help="speed: torch threads (recorded)")
+    ev.add_argument("--repeats", type=int, default=3, help="speed: timed runs per case (median reported)")
     ev.add_argument("--output", default=None, help="record path (default results/runs/evaluate/<hash>.json)")
     ev.set_defaults(func=cmd_evaluate)
 

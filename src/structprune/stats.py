@@ -11,6 +11,9 @@ Only one decoder layer's activations are resident. Works on CPU, CUDA and accele
 
 from __future__ import annotations
 
+import copy
+import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import torch
@@ -129,6 +132,28 @@ def _run_layer(layer: nn.Module, inputs: list[tuple[torch.Tensor, dict]]) -> lis
     return outputs
 
 
+# One-shot statistics of a dense CPU model, keyed by a hash of every weight and of the calibration ids:
+# a sweep over ratios or structures (FLAP's ablations) pays for the calibration pass once.
+_CACHE: OrderedDict[str, list[dict[str, ChannelStats]]] = OrderedDict()
+_CACHE_SIZE = 4
+
+
+def _cache_key(model, calibration: torch.Tensor, targets: Sequence[str], gram: bool, batch_size: int) -> str | None:
+    params = list(model.parameters())
+    if any(p.device.type != "cpu" for p in params):
+        return None  # hashing GPU weights would cost a copy of the model
+    digest = hashlib.sha256(repr((type(model).__name__, tuple(targets), gram, batch_size)).encode())
+    for p in params:
+        digest.update(repr((p.dtype, tuple(p.shape))).encode())
+        digest.update(p.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(calibration.cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def clear_statistics_cache() -> None:
+    _CACHE.clear()
+
+
 @torch.no_grad()
 def collect_statistics(
     model,
@@ -145,10 +170,17 @@ def collect_statistics(
     prune_layer(index, stats): sequential mode; called after a layer's statistics, the layer is then
     re-run so the next layer sees the pruned outputs. on_block(index, inputs, outputs): block
     input/output hook (hidden states before and after the layer). gram: also accumulate X^T X.
+    One-shot results of CPU models are cached (same weights, ids and targets give the same statistics).
     """
     if calibration.dim() != 2 or calibration.shape[0] < 1:
         raise ValueError(f"calibration must be a [samples, tokens] tensor of token ids, got {tuple(calibration.shape)}")
     adapter_for(model)  # fails clearly on an unsupported architecture
+    key = None
+    if prune_layer is None and on_block is None:
+        key = _cache_key(model, calibration, targets, gram, batch_size)
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return copy.deepcopy(_CACHE[key])
     inputs = capture_layer_inputs(model, calibration, batch_size)
     all_stats: list[dict[str, ChannelStats]] = []
     for index, layer in enumerate(decoder_layers(model)):
@@ -182,4 +214,8 @@ def collect_statistics(
             on_block(index, [h for h, _ in inputs], outputs)
         inputs = [(out, kwargs) for out, (_, kwargs) in zip(outputs, inputs, strict=True)]
         all_stats.append(stats)
+    if key is not None:
+        _CACHE[key] = copy.deepcopy(all_stats)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
     return all_stats

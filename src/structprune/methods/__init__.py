@@ -114,9 +114,10 @@ def prune(model, method: str, ratio: float, calibration: torch.Tensor | str | No
     start = time.perf_counter()
     torch.manual_seed(seed)
     plan = spec.recipe(model, ratio, ids, **options)
-    seconds = time.perf_counter() - start
     if cuda:
         torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    if cuda:
         peak = {"cuda_max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20}
     else:
         import resource
