@@ -9,7 +9,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.structprune-installed
-NOTEBOOKS := 00_quickstart
+NOTEBOOKS := 00_quickstart 01_flap_vs_wanda_sp_vs_llm_pruner 05_speedup
 EXECUTED := $(patsubst %,results/notebooks/%.ipynb,$(NOTEBOOKS))
 
 # Tests and CI never wait on the network.
@@ -43,8 +43,9 @@ check: $(STAMP)  ## fast checks: lint and notebooks stored without outputs
 	$(PY) -m ruff check src tests benchmarks
 	$(TEST_ENV) $(PY) -m pytest -q tests/test_notebooks_clean.py
 
-bench: $(STAMP)  ## benchmarks of the pruning core (records under results/runs/bench)
+bench: $(STAMP)  ## benchmarks: pruning core cost, pruned-model speed target (records under results/runs/)
 	$(TEST_ENV) $(PY) benchmarks/bench_core.py
+	$(TEST_ENV) $(PY) benchmarks/bench_speed.py
 
 lab: $(STAMP)  ## open JupyterLab on the notebooks
 	$(PY) -m jupyter lab notebooks

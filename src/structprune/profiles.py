@@ -25,6 +25,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         "zero_shot_limit": 4,  # first 4 documents of each of the seven tasks
         "ratios": [0.2],
+        "ablation_max_windows": 8,  # FLAP ablations: evaluation subset
+        "ablation_nsamples": [4, 8],  # FLAP ablations: calibration sample counts
+        # speed benchmark: (batch, prompt tokens) prefill shapes, decode batches, new tokens per decode
+        "speed": {"prefill_shapes": [[1, 16], [2, 32]], "decode_batches": [1], "new_tokens": 8},
         "seed": 0,
     },
     "default": {
@@ -39,10 +43,15 @@ PROFILES: dict[str, dict[str, Any]] = {
             "magnitude": (None, 0, 0),
             "random": (None, 0, 0),
         },
-        # First 100 documents of each task: about 4.5 min for the seven tasks on a 2-core CPU (measured
-        # 0.15-0.6 s per document); the full sets (20,265 documents) would take about 2.9 h per model.
-        "zero_shot_limit": 100,
+        # First 50 documents of each task: about 2.5 min per model on a 2-core CPU (100 per task measured
+        # 306 s; the full sets, 20,265 documents, would take about 2.9 h per model on the CPU and took
+        # 161 s on one H100). Seven models in notebook 01 keep `make reproduce` within its budget.
+        "zero_shot_limit": 50,
         "ratios": [0.2, 0.3, 0.5],
+        "ablation_max_windows": 64,  # FLAP ablations: first 64 windows (8,128 tokens), to fit the CPU
+        "ablation_nsamples": [32, 128, 512, 1024],  # FLAP ablations: calibration sample counts
+        "speed": {"prefill_shapes": [[1, 128], [1, 512], [8, 128], [8, 512]], "decode_batches": [1, 8],
+                  "new_tokens": 128},
         "seed": 0,
     },
     "paper": {
@@ -58,6 +67,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         "zero_shot_limit": None,  # the full task sets
         "ratios": [0.2, 0.3, 0.5],
+        "ablation_max_windows": None,  # the full test set
+        "ablation_nsamples": [128, 256, 512, 1024, 2048],
+        "speed": {"prefill_shapes": [[1, 128], [1, 512], [8, 128], [8, 512]], "decode_batches": [1, 8],
+                  "new_tokens": 128},
         "seed": 0,
     },
 }
