@@ -186,7 +186,7 @@ def test_unsupported_architecture_is_refused(calibration):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=256))
-    with pytest.raises(NotImplementedError, match="'gpt2' is not supported.*llama, mistral, qwen2"):
+    with pytest.raises(NotImplementedError, match="'gpt2' is not supported.*llama, mistral, opt, qwen2"):
         prune(model, "magnitude", 0.2)
 
 

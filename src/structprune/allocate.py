@@ -39,6 +39,10 @@ class Plan:
     o_bias: list[list[float] | None] = field(default_factory=list)  # per layer, added to o_proj's bias
     down_bias: list[list[float] | None] = field(default_factory=list)
     options: dict = field(default_factory=dict)
+    # FASP: per layer, per KV group, the value channels kept (None: all), and the parameters those cuts
+    # removed (v_proj rows and o_proj columns; units outside whole groups and channels).
+    kept_values: list[list[list[int]] | None] | None = None
+    value_params_removed: int = 0
 
     def __post_init__(self):
         layers = len(self.kept_groups)
@@ -47,9 +51,10 @@ class Plan:
 
     @property
     def params_removed(self) -> int:
-        return sum((g0 - len(g)) * gp + (c0 - len(c)) * cp for g, c, g0, c0, gp, cp in zip(
+        units = sum((g0 - len(g)) * gp + (c0 - len(c)) * cp for g, c, g0, c0, gp, cp in zip(
             self.kept_groups, self.kept_channels, self.dense_groups, self.dense_channels,
             self.group_params, self.channel_params, strict=True))
+        return units + self.value_params_removed
 
     @property
     def params_after(self) -> int:

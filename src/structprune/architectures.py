@@ -4,7 +4,7 @@ An adapter names a decoder layer's attention and MLP linears and defines the pru
 - attention unit = one KV group: a key/value head and the n_rep query heads that share it
   (q rows, k rows, v rows, o_proj columns); with multi-head attention a group is one head.
   Removing whole groups keeps `num_key_value_groups` constant, so stock attention code still runs.
-- MLP unit = one intermediate channel (gate row, up row, down_proj column).
+- MLP unit = one intermediate channel (gate row, up row, down_proj column; OPT: fc1 row + bias, fc2 column).
 Parameter counts per unit make every ratio a ratio of parameters.
 """
 
@@ -24,18 +24,26 @@ class Adapter:
     k: str = "k_proj"
     v: str = "v_proj"
     o: str = "o_proj"
-    mlp: str = "mlp"
-    gate: str = "gate_proj"
+    mlp: str = "mlp"  # "" when the MLP linears sit on the decoder layer itself (OPT)
+    gate: str | None = "gate_proj"  # None: an ungated MLP, down(act(up(x)))
     up: str = "up_proj"
     down: str = "down_proj"
 
+    def path(self, *names: str) -> str:
+        """A module path inside a decoder layer (empty parts skipped)."""
+        return ".".join(n for n in names if n)
+
 
 LLAMA_FAMILY = Adapter(family="llama")
+# OPT: fc1 -> ReLU -> fc2 on the layer itself, out_proj, biases everywhere (FASP's OPT experiments).
+OPT_FAMILY = Adapter(family="opt", layers="model.decoder.layers", o="out_proj", mlp="", gate=None, up="fc1",
+                     down="fc2")
 # model_type -> adapter. Qwen2 differs only by its q/k/v biases, which the unit slicing carries along.
 REGISTRY: dict[str, Adapter] = {
     "llama": LLAMA_FAMILY,
     "mistral": LLAMA_FAMILY,
     "qwen2": LLAMA_FAMILY,
+    "opt": OPT_FAMILY,
 }
 
 
@@ -49,7 +57,7 @@ def adapter_for(model) -> Adapter:
     if model_type not in REGISTRY:
         raise NotImplementedError(
             f"architecture {model_type!r} is not supported: supported model types are "
-            f"{', '.join(sorted(REGISTRY))} (LLaMA 1/2/3, Vicuna, Mistral, Qwen2, SmolLM)"
+            f"{', '.join(sorted(REGISTRY))} (LLaMA 1/2/3, Vicuna, Mistral, Qwen2, SmolLM; OPT)"
         )
     return REGISTRY[model_type]
 
@@ -72,7 +80,13 @@ def head_dim(config) -> int:
 
 def queries_per_group(config) -> int:
     """n_rep: query heads per KV head (1 with multi-head attention); unchanged by pruning."""
-    return config.num_attention_heads // config.num_key_value_heads
+    return config.num_attention_heads // (getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+
+
+def value_head_dim(attention: nn.Module, adapter: Adapter, kv_groups: int, config) -> int:
+    """Value channels per KV group: head_dim, fewer after FASP's value-channel pruning."""
+    v = getattr(attention, adapter.v, None)
+    return v.out_features // kv_groups if v is not None and kv_groups else head_dim(config)
 
 
 @dataclass(frozen=True)
@@ -94,17 +108,18 @@ def layer_shape(model, index: int) -> LayerShape:
     layer = decoder_layers(model)[index]
     attn, mlp = attention_of(layer, adapter), mlp_of(layer, adapter)
     d, n_rep, h = head_dim(config), queries_per_group(config), config.hidden_size
-    o = attn.get_submodule(adapter.o)
-    kv_groups = o.in_features // (n_rep * d)
+    k = getattr(attn, adapter.k, None)
+    kv_groups = 0 if k is None else k.out_features // d
+    dv = value_head_dim(attn, adapter, kv_groups, config)
     # q, k, v rows and o_proj columns of the group's n_rep query heads, plus any q/k/v bias entries.
-    group_params = (n_rep * d + 2 * d) * h + h * n_rep * d
-    for name, rows in ((adapter.q, n_rep * d), (adapter.k, d), (adapter.v, d)):
+    group_params = (n_rep * d + d + dv) * h + h * n_rep * dv
+    for name, rows in ((adapter.q, n_rep * d), (adapter.k, d), (adapter.v, dv)):
         proj = getattr(attn, name, None)  # absent when a layer lost every group
         if proj is not None and proj.bias is not None:
             group_params += rows
-    gate, up = mlp.get_submodule(adapter.gate), mlp.get_submodule(adapter.up)
-    channel_params = 3 * h + (gate.bias is not None) + (up.bias is not None)
-    return LayerShape(kv_groups=kv_groups, channels=gate.out_features, group_params=group_params,
+    inputs = [mlp.get_submodule(adapter.up)] + ([mlp.get_submodule(adapter.gate)] if adapter.gate else [])
+    channel_params = (len(inputs) + 1) * h + sum(m.bias is not None for m in inputs)
+    return LayerShape(kv_groups=kv_groups, channels=inputs[0].out_features, group_params=group_params,
                       channel_params=channel_params)
 
 

@@ -51,6 +51,15 @@ def evaluation_of(settings: dict, max_windows: int | None = None) -> dict:
             "max_windows": windows}
 
 
+def _prune_as_configured(model, tokenizer, config: dict):
+    """Run the pruning a pruning-run config describes (method, ratio, options, calibration, seed)."""
+    calibration, options = config["calibration"] or {}, config["options"]
+    return prune(model, config["method"], config["ratio"], calibration=calibration.get("dataset"),
+                 tokenizer=tokenizer, nsamples=calibration.get("nsamples"), seqlen=calibration.get("seqlen"),
+                 seed=options.get("seed", calibration.get("seed", 0)),
+                 **{k: v for k, v in options.items() if k != "seed"})
+
+
 def pruning_run(settings: dict, method: str, ratio: float, options: dict | None = None,
                 nsamples: int | None = None, max_windows: int | None = None, experiment: str = "sweep") -> dict:
     """Prune the profile's model with `method` at `ratio` and measure perplexity; the record.
@@ -77,11 +86,7 @@ def pruning_run(settings: dict, method: str, ratio: float, options: dict | None 
         if method == "dense":
             metrics.update(params_before=count_parameters(model), params_after=count_parameters(model))
         else:
-            calibration = config["calibration"] or {}
-            result = prune(model, method, ratio, calibration=calibration.get("dataset"), tokenizer=tokenizer,
-                           nsamples=calibration.get("nsamples"), seqlen=calibration.get("seqlen"),
-                           seed=options.get("seed", settings["seed"]),
-                           **{k: v for k, v in options.items() if k != "seed"})
+            result = _prune_as_configured(model, tokenizer, config)
             metrics.update(params_before=result.params_before, params_after=result.params_after,
                            plan=result.plan.to_dict(), plan_summary=result.plan.summary(),
                            calibration=result.calibration, peak_memory=result.peak_memory)
@@ -95,10 +100,16 @@ def pruning_run(settings: dict, method: str, ratio: float, options: dict | None 
 
 
 def rebuild(record: dict):
-    """The pruned model of a pruning record (dense copy + its plan) and the tokenizer."""
-    model, tokenizer = dense_model(record["config"]["model"])
-    if "plan" in record["metrics"]:
+    """The pruned model of a pruning record and the tokenizer: dense copy + its plan, or, for methods that
+    also change the kept weights (FASP's restoration), the same deterministic pruning run again."""
+    config = record["config"]
+    model, tokenizer = dense_model(config["model"])
+    if config["method"] == "dense":
+        return model, tokenizer
+    if get_method(config["method"]).plan_rebuilds_model:
         apply_plan(model, Plan.from_dict(record["metrics"]["plan"]))
+        return model, tokenizer
+    _prune_as_configured(model, tokenizer, config)
     return model, tokenizer
 
 

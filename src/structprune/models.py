@@ -211,3 +211,24 @@ def tiny_llama(num_layers: int = 3, hidden_size: int = 64, num_heads: int = 4, n
                 param.normal_(0.0, 0.2 if "embed" not in name else 1.0)
     model.structprune_source = {"spec": "tiny_llama", "kind": "random", "seed": seed}
     return model.eval()
+
+
+def tiny_opt(num_layers: int = 2, hidden_size: int = 64, num_heads: int = 4, ffn_dim: int = 96,
+             vocab_size: int = 256, seed: int = 0) -> torch.nn.Module:
+    """A random OPT (fc1/fc2, out_proj, biases everywhere), built in code, for FASP's OPT tests."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    config = OPTConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
+                       num_attention_heads=num_heads, ffn_dim=ffn_dim, max_position_embeddings=512,
+                       word_embed_proj_dim=hidden_size, pad_token_id=1, bos_token_id=2, eos_token_id=2)
+    torch.manual_seed(seed)
+    model = OPTForCausalLM(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.2 if "embed" not in name else 1.0)
+            elif name.endswith("bias"):
+                param.normal_(0.0, 0.1)
+    model.structprune_source = {"spec": "tiny_opt", "kind": "random", "seed": seed}
+    return model.eval()
+

@@ -1,9 +1,11 @@
 """Model classes for structprune pruned checkpoints.
 
-A pruned model has per-layer head counts, intermediate sizes and (FLAP) o_proj/down_proj biases, which a
-stock config cannot describe. The config subclasses below add `layer_shapes` (one dict per decoder
-layer) and `base_model_type`; the model subclasses build the stock model and then give every layer its
-own widths. Nothing else differs, so the stock attention and MLP code runs the pruned model.
+A pruned model has per-layer head counts, intermediate sizes, (FLAP) o_proj/down_proj biases and (FASP)
+value widths, which a stock config cannot describe. The config subclasses below add `layer_shapes` (one
+dict per decoder layer) and `base_model_type`; the model subclasses build the stock model and then give
+every layer its own widths. The stock attention and MLP code runs the pruned model, except where values
+are narrower than queries and keys (FASP): there `ValueWidthAttention` reshapes the values by their own
+width and otherwise runs the stock attention function.
 
 This file is self-contained (torch and transformers only): `save_pruned` copies it into every pruned
 checkpoint as `modeling_structpruned.py`, so `AutoModelForCausalLM.from_pretrained(path,
@@ -21,20 +23,32 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward
+
+# Module names inside a decoder layer, per family: attention, q, k, v, o, mlp ("" = the layer), gate, up, down.
+LAYOUTS = {
+    "llama": ("self_attn", "q_proj", "k_proj", "v_proj", "o_proj", "mlp", "gate_proj", "up_proj", "down_proj"),
+    "opt": ("self_attn", "q_proj", "k_proj", "v_proj", "out_proj", "", None, "fc1", "fc2"),
+}
 
 
 class EmptyAttention(nn.Module):
     """Attention of a layer that lost every KV group: its output is o_proj's bias (FLAP's compensation,
     or zero). It still records empty keys/values so that the cache length stays right for generation."""
 
-    def __init__(self, hidden_size: int, head_dim: int, layer_idx: int, bias: bool, dtype=None, device=None):
+    def __init__(self, hidden_size: int, head_dim: int, layer_idx: int, bias: bool, dtype=None, device=None,
+                 o_name: str = "o_proj"):
         super().__init__()
         self.layer_idx = layer_idx
         self.head_dim = head_dim
-        self.o_proj = nn.Linear(0, hidden_size, bias=bias, dtype=dtype, device=device)
+        self.o_name = o_name
+        setattr(self, o_name, nn.Linear(0, hidden_size, bias=bias, dtype=dtype, device=device))
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None,
                 **kwargs):
@@ -42,7 +56,56 @@ class EmptyAttention(nn.Module):
         if past_key_values is not None:
             empty = hidden_states.new_zeros(batch, 0, length, self.head_dim)
             past_key_values.update(empty, empty, self.layer_idx)
-        return self.o_proj(hidden_states.new_zeros(batch, length, 0)), None
+        return getattr(self, self.o_name)(hidden_states.new_zeros(batch, length, 0)), None
+
+
+class ValueWidthAttention:
+    """Mixin for an attention whose values are `value_head_dim` wide (FASP keeps fewer value channels per
+    head than the query/key head_dim). The forward is the stock one (LLaMA/Mistral/Qwen2: rotary on q, k;
+    OPT: q scaled before the product), with the values reshaped by their own width; the attention function
+    itself (eager or SDPA) takes values of any width."""
+
+    value_head_dim: int
+
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None,
+                **kwargs):
+        input_shape = hidden_states.shape[:-1]
+        query = self.q_proj(hidden_states)
+        scaling = getattr(self, "scaling", self.head_dim ** -0.5)
+        if position_embeddings is None:  # OPT: no rotary, queries scaled first, unit scaling in the kernel
+            query, scaling = query * scaling, 1.0
+        query = query.view(*input_shape, -1, self.head_dim).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(*input_shape, -1, self.value_head_dim).transpose(1, 2)
+        if position_embeddings is not None:
+            query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)
+        extra = {"sliding_window": self.sliding_window} if getattr(self, "sliding_window", None) else {}
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        output, weights = interface(self, query, key, value, attention_mask, scaling=scaling,
+                                    dropout=0.0 if not self.training else getattr(self, "attention_dropout", 0.0),
+                                    **extra, **kwargs)
+        output = output.reshape(*input_shape, -1).contiguous()
+        output_proj = self.o_proj if hasattr(self, "o_proj") else self.out_proj  # OPT names it out_proj
+        return output_proj(output), weights
+
+
+_VALUE_WIDTH_CLASSES: dict[type, type] = {}
+
+
+def set_value_head_dim(attention: nn.Module, width: int, head_dim: int) -> None:
+    """Give an attention module narrower values (its class gains `ValueWidthAttention`'s forward)."""
+    if width == head_dim:
+        return
+    base = type(attention)
+    if not issubclass(base, ValueWidthAttention):
+        if base not in _VALUE_WIDTH_CLASSES:
+            _VALUE_WIDTH_CLASSES[base] = type(f"ValueWidth{base.__name__}", (ValueWidthAttention, base), {})
+        attention.__class__ = _VALUE_WIDTH_CLASSES[base]
+    if not hasattr(attention, "num_key_value_groups"):  # OPT: the eager kernel repeats no KV heads
+        attention.num_key_value_groups = 1
+    attention.value_head_dim = width
 
 
 def _resized(linear: nn.Linear, in_features: int, out_features: int, bias: bool) -> nn.Linear:
@@ -53,24 +116,30 @@ def _resized(linear: nn.Linear, in_features: int, out_features: int, bias: bool)
     return nn.Linear(in_features, out_features, bias=bias, dtype=linear.weight.dtype, device=linear.weight.device)
 
 
-def reshape_layer(layer: nn.Module, shape: dict, config) -> None:
+def reshape_layer(layer: nn.Module, shape: dict, config, family: str = "llama") -> None:
     """Give one decoder layer the widths in `shape` (structure only; no weights are copied)."""
+    attn_name, q, k, v, o, mlp_name, gate, up, down = LAYOUTS.get(family, LAYOUTS["llama"])
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    attn, mlp, hidden = layer.self_attn, layer.mlp, config.hidden_size
+    attn, hidden = getattr(layer, attn_name), config.hidden_size
+    mlp = getattr(layer, mlp_name) if mlp_name else layer
     heads, kv_heads = shape["num_attention_heads"], shape["num_key_value_heads"]
+    value_dim = shape.get("value_head_dim", head_dim)
     if heads == 0:
-        o = attn.o_proj
-        layer.self_attn = EmptyAttention(hidden, head_dim, attn.layer_idx, shape["o_proj_bias"],
-                                         dtype=o.weight.dtype, device=o.weight.device)
+        old = getattr(attn, o)
+        setattr(layer, attn_name, EmptyAttention(hidden, head_dim, getattr(attn, "layer_idx", None),
+                                                 shape["o_proj_bias"], dtype=old.weight.dtype,
+                                                 device=old.weight.device, o_name=o))
     else:
-        attn.q_proj = _resized(attn.q_proj, hidden, heads * head_dim, attn.q_proj.bias is not None)
-        attn.k_proj = _resized(attn.k_proj, hidden, kv_heads * head_dim, attn.k_proj.bias is not None)
-        attn.v_proj = _resized(attn.v_proj, hidden, kv_heads * head_dim, attn.v_proj.bias is not None)
-        attn.o_proj = _resized(attn.o_proj, heads * head_dim, hidden, shape["o_proj_bias"])
+        for name, rows in ((q, heads * head_dim), (k, kv_heads * head_dim), (v, kv_heads * value_dim)):
+            linear = getattr(attn, name)
+            setattr(attn, name, _resized(linear, hidden, rows, linear.bias is not None))
+        setattr(attn, o, _resized(getattr(attn, o), heads * value_dim, hidden, shape["o_proj_bias"]))
+        set_value_head_dim(attn, value_dim, head_dim)
     width = shape["intermediate_size"]
-    mlp.gate_proj = _resized(mlp.gate_proj, hidden, width, mlp.gate_proj.bias is not None)
-    mlp.up_proj = _resized(mlp.up_proj, hidden, width, mlp.up_proj.bias is not None)
-    mlp.down_proj = _resized(mlp.down_proj, width, hidden, shape["down_proj_bias"])
+    for name in filter(None, (gate, up)):
+        linear = getattr(mlp, name)
+        setattr(mlp, name, _resized(linear, hidden, width, linear.bias is not None))
+    setattr(mlp, down, _resized(getattr(mlp, down), width, hidden, shape["down_proj_bias"]))
     if hasattr(mlp, "intermediate_size"):
         mlp.intermediate_size = width
 
@@ -84,8 +153,10 @@ class StructprunedMixin:
         self.post_init()
 
     def _apply_layer_shapes(self) -> None:
-        for layer, shape in zip(self.model.layers, self.config.layer_shapes or [], strict=False):
-            reshape_layer(layer, shape, self.config)
+        family = "opt" if self.config.base_model_type == "opt" else "llama"
+        layers = self.model.decoder.layers if family == "opt" else self.model.layers
+        for layer, shape in zip(layers, self.config.layer_shapes or [], strict=False):
+            reshape_layer(layer, shape, self.config, family)
 
 
 class StructprunedLlamaConfig(LlamaConfig):
@@ -106,6 +177,12 @@ class StructprunedQwen2Config(Qwen2Config):
     base_model_type: str = "qwen2"
 
 
+class StructprunedOPTConfig(OPTConfig):
+    model_type = "structpruned_opt"
+    layer_shapes: list | None = None
+    base_model_type: str = "opt"
+
+
 class StructprunedLlamaForCausalLM(StructprunedMixin, LlamaForCausalLM):
     config_class = StructprunedLlamaConfig
 
@@ -118,11 +195,16 @@ class StructprunedQwen2ForCausalLM(StructprunedMixin, Qwen2ForCausalLM):
     config_class = StructprunedQwen2Config
 
 
+class StructprunedOPTForCausalLM(StructprunedMixin, OPTForCausalLM):
+    config_class = StructprunedOPTConfig
+
+
 # base model_type -> (pruned config class, pruned model class)
 PRUNED_CLASSES = {
     "llama": (StructprunedLlamaConfig, StructprunedLlamaForCausalLM),
     "mistral": (StructprunedMistralConfig, StructprunedMistralForCausalLM),
     "qwen2": (StructprunedQwen2Config, StructprunedQwen2ForCausalLM),
+    "opt": (StructprunedOPTConfig, StructprunedOPTForCausalLM),
 }
 
 for _config_class, _model_class in PRUNED_CLASSES.values():
@@ -132,6 +214,7 @@ for _config_class, _model_class in PRUNED_CLASSES.values():
     except ValueError:  # already registered (module imported twice, e.g. as remote code)
         pass
 
-__all__ = ["EmptyAttention", "PRUNED_CLASSES", "reshape_layer", "StructprunedLlamaConfig",
+__all__ = ["EmptyAttention", "PRUNED_CLASSES", "ValueWidthAttention", "reshape_layer", "set_value_head_dim",
+           "StructprunedLlamaConfig", "StructprunedOPTConfig", "StructprunedOPTForCausalLM",
            "StructprunedLlamaForCausalLM", "StructprunedMistralConfig", "StructprunedMistralForCausalLM",
            "StructprunedQwen2Config", "StructprunedQwen2ForCausalLM"]

@@ -33,6 +33,7 @@ from .architectures import (
     mlp_of,
     model_type_of,
     queries_per_group,
+    value_head_dim,
 )
 from .pruned_modeling import PRUNED_CLASSES, EmptyAttention
 
@@ -83,33 +84,62 @@ def prune_layer(model, index: int, kept_groups: list[int], kept_channels: list[i
     d, n_rep = head_dim(config), queries_per_group(config)
     attn, mlp = attention_of(layer, adapter), mlp_of(layer, adapter)
     o = attn.get_submodule(adapter.o)
-    groups = o.in_features // (n_rep * d)
+    k = getattr(attn, adapter.k, None)
+    groups = 0 if k is None else k.out_features // d
+    dv = value_head_dim(attn, adapter, groups, config)
     if sorted(kept_groups) != list(kept_groups) or any(not 0 <= g < groups for g in kept_groups):
         raise ValueError(f"layer {index}: kept KV groups must be sorted indices in [0, {groups}), got {kept_groups}")
     if len(kept_groups) < groups or o_bias is not None:
         if not kept_groups:
             bias = _sliced(o, cols=torch.zeros(0, dtype=torch.long), bias_add=_as_tensor(o_bias))
             empty = EmptyAttention(config.hidden_size, d, getattr(attn, "layer_idx", index), bias.bias is not None,
-                                   dtype=o.weight.dtype, device=o.weight.device)
-            empty.o_proj = bias
+                                   dtype=o.weight.dtype, device=o.weight.device, o_name=adapter.o)
+            empty.set_submodule(adapter.o, bias)
             layer.set_submodule(adapter.attention, empty)
         else:
-            q_rows, kv_rows = _unit_rows(kept_groups, n_rep * d), _unit_rows(kept_groups, d)
+            q_rows, k_rows = _unit_rows(kept_groups, n_rep * d), _unit_rows(kept_groups, d)
+            v_rows, o_cols = _unit_rows(kept_groups, dv), _unit_rows(kept_groups, n_rep * dv)
             attn.set_submodule(adapter.q, _sliced(attn.get_submodule(adapter.q), rows=q_rows))
-            attn.set_submodule(adapter.k, _sliced(attn.get_submodule(adapter.k), rows=kv_rows))
-            attn.set_submodule(adapter.v, _sliced(attn.get_submodule(adapter.v), rows=kv_rows))
-            attn.set_submodule(adapter.o, _sliced(o, cols=q_rows, bias_add=_as_tensor(o_bias)))
+            attn.set_submodule(adapter.k, _sliced(attn.get_submodule(adapter.k), rows=k_rows))
+            attn.set_submodule(adapter.v, _sliced(attn.get_submodule(adapter.v), rows=v_rows))
+            attn.set_submodule(adapter.o, _sliced(o, cols=o_cols, bias_add=_as_tensor(o_bias)))
     down = mlp.get_submodule(adapter.down)
     channels = down.in_features
     if sorted(kept_channels) != list(kept_channels) or any(not 0 <= c < channels for c in kept_channels):
         raise ValueError(f"layer {index}: kept channels must be sorted indices in [0, {channels})")
     if len(kept_channels) < channels or down_bias is not None:
         rows = torch.tensor(kept_channels, dtype=torch.long)
-        mlp.set_submodule(adapter.gate, _sliced(mlp.get_submodule(adapter.gate), rows=rows))
-        mlp.set_submodule(adapter.up, _sliced(mlp.get_submodule(adapter.up), rows=rows))
+        for name in filter(None, (adapter.gate, adapter.up)):
+            mlp.set_submodule(name, _sliced(mlp.get_submodule(name), rows=rows))
         mlp.set_submodule(adapter.down, _sliced(down, cols=rows, bias_add=_as_tensor(down_bias)))
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = len(kept_channels)
+
+
+def prune_value_channels(model, index: int, kept_values: list[list[int]]) -> None:
+    """FASP's attention cut: keep, in every KV group g, the value channels kept_values[g] (the same count
+    in each group, so every head keeps one value width): v_proj rows (g, c) and the o_proj columns (h, c)
+    of every query head h that reads group g (spec §2.2, §2.10)."""
+    adapter, config = adapter_for(model), model.config
+    layer = decoder_layers(model)[index]
+    attn = attention_of(layer, adapter)
+    n_rep, d = queries_per_group(config), head_dim(config)
+    groups = attn.get_submodule(adapter.k).out_features // d
+    dv = value_head_dim(attn, adapter, groups, config)
+    widths = {len(c) for c in kept_values}
+    if len(kept_values) != groups or len(widths) != 1 or any(
+            sorted(c) != list(c) or any(not 0 <= i < dv for i in c) for c in kept_values):
+        raise ValueError(f"layer {index}: kept value channels must be {groups} sorted lists of equal length "
+                         f"with indices in [0, {dv})")
+    (width,) = widths
+    if width == dv:
+        return
+    v_rows = torch.tensor([g * dv + c for g, kept in enumerate(kept_values) for c in kept], dtype=torch.long)
+    o_cols = torch.tensor([(g * n_rep + r) * dv + c for g, kept in enumerate(kept_values) for r in range(n_rep)
+                           for c in kept], dtype=torch.long)
+    attn.set_submodule(adapter.v, _sliced(attn.get_submodule(adapter.v), rows=v_rows))
+    attn.set_submodule(adapter.o, _sliced(attn.get_submodule(adapter.o), cols=o_cols))
+    pruned_modeling.set_value_head_dim(attn, width, d)
 
 
 def layer_shapes_of(model) -> list[dict]:
@@ -122,9 +152,12 @@ def layer_shapes_of(model) -> list[dict]:
         o = attn.get_submodule(adapter.o)
         down = mlp.get_submodule(adapter.down)
         k = getattr(attn, adapter.k, None)
+        kv_heads = k.out_features // d if k is not None else 0
+        dv = value_head_dim(attn, adapter, kv_heads, config)
         shapes.append({
-            "num_attention_heads": o.in_features // d,
-            "num_key_value_heads": k.out_features // d if k is not None else 0,
+            "num_attention_heads": o.in_features // dv if kv_heads else 0,
+            "num_key_value_heads": kv_heads,
+            "value_head_dim": dv,
             "intermediate_size": down.in_features,
             "o_proj_bias": o.bias is not None,
             "down_proj_bias": down.bias is not None,

@@ -28,6 +28,9 @@ class Method:
     summary: str
     source: str = ""
     option_help: dict = field(default_factory=dict)
+    # False when the method also changes kept weights (FASP's restoration): its plan alone does not
+    # rebuild the pruned model, so experiments re-run the (deterministic) pruning instead.
+    plan_rebuilds_model: bool = True
 
 
 METHODS: dict[str, Method] = {}
@@ -129,4 +132,4 @@ def prune(model, method: str, ratio: float, calibration: torch.Tensor | str | No
 
 
 # Register the recipes (each file calls `register`).
-from . import flap, llm_pruner, magnitude, random_sp, wanda_sp  # noqa: E402,F401
+from . import fasp, flap, llm_pruner, magnitude, random_sp, wanda_sp  # noqa: E402,F401

@@ -21,7 +21,7 @@ def down_proj(model, index: int) -> torch.nn.Linear:
 def output_linears(model) -> tuple[str, str]:
     """Module paths, inside a decoder layer, of o_proj and down_proj (whose inputs the scores read)."""
     adapter = adapter_for(model)
-    return f"{adapter.attention}.{adapter.o}", f"{adapter.mlp}.{adapter.down}"
+    return adapter.path(adapter.attention, adapter.o), adapter.path(adapter.mlp, adapter.down)
 
 
 def group_sum(column_scores: torch.Tensor, group_width: int) -> torch.Tensor:
