@@ -293,3 +293,18 @@ def test_statistics_cache_reuses_one_shot_passes_and_notices_changed_weights(tin
     handle.remove()
     assert len(calls) > runs, "changed weights must be recomputed"
     assert not torch.equal(changed[0]["mlp.down_proj"].m2, first[0]["mlp.down_proj"].m2)
+
+
+@pytest.mark.parametrize("method", ["flap", "wanda_sp", "magnitude", "random", "llm_pruner", "fasp"])
+def test_every_method_prunes_opt_and_the_checkpoint_reloads(method, calibration, probe, tmp_path):
+    from structprune.models import tiny_opt
+
+    model = tiny_opt()
+    dense_logits = logits(model, probe)
+    assert torch.equal(logits(prune(copy.deepcopy(model), method, 0.0, calibration=calibration).model, probe),
+                       dense_logits)
+    result = prune(model, method, 0.3, calibration=calibration)
+    assert result.plan.params_after == count_parameters(model) < result.params_before
+    save_pruned(model, None, tmp_path / method)
+    reloaded, _ = load_pruned(tmp_path / method)
+    assert torch.equal(logits(reloaded, probe), logits(model, probe))

@@ -60,15 +60,21 @@ def _prune_as_configured(model, tokenizer, config: dict):
                  **{k: v for k, v in options.items() if k != "seed"})
 
 
+EVALUATION_SPLIT = {"c4": "validation"}  # the C4 sample has no test split (the papers use C4 validation)
+
+
 def pruning_run(settings: dict, method: str, ratio: float, options: dict | None = None,
-                nsamples: int | None = None, max_windows: int | None = None, experiment: str = "sweep") -> dict:
+                nsamples: int | None = None, max_windows: int | None = None, also: tuple[str, ...] = (),
+                experiment: str = "sweep") -> dict:
     """Prune the profile's model with `method` at `ratio` and measure perplexity; the record.
 
     method "dense" (ratio 0) evaluates the unpruned model under the same protocol.
     nsamples: calibration samples (default: the profile's); max_windows: evaluation subset (default:
-    the profile's).
+    the profile's); also: further perplexity datasets (e.g. ("c4",)), metrics `perplexity_<name>`.
     """
     evaluation = evaluation_of(settings, max_windows)
+    if also:
+        evaluation["also"] = list(also)
     config = {"profile": settings["profile"], "model": settings["model"], "method": method, "ratio": ratio,
               "evaluation": evaluation}
     options = dict(options or {})
@@ -94,6 +100,10 @@ def pruning_run(settings: dict, method: str, ratio: float, options: dict | None 
         metrics["perplexity"] = perplexity(model, tokenizer, evaluation["dataset"], evaluation["split"],
                                            evaluation["seqlen"], evaluation["max_windows"])
         timings["perplexity_seconds"] = metrics["perplexity"]["seconds"]
+        for dataset in also:
+            metrics[f"perplexity_{dataset}"] = perplexity(model, tokenizer, dataset,
+                                                          EVALUATION_SPLIT.get(dataset, "test"),
+                                                          evaluation["seqlen"], evaluation["max_windows"])
         return metrics, timings
 
     return run_once(experiment, config, compute)

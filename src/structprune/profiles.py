@@ -20,6 +20,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "calibration": {  # method -> (dataset, nsamples, seqlen)
             "flap": ("wikitext2", 8, 128),
             "wanda_sp": ("c4", 8, 128),
+            "fasp": ("wikitext2", 4, 128),
             "magnitude": (None, 0, 0),
             "random": (None, 0, 0),
         },
@@ -40,6 +41,9 @@ PROFILES: dict[str, dict[str, Any]] = {
             # FLAP: WikiText-2 (validation split offline: the train split is not in the data folder), 1024 x 128
             "flap": ("wikitext2", 1024, 128),
             "wanda_sp": ("c4", 128, 128),  # Wanda-sp: C4, 128 x 128, as the FLAP repo
+            # FASP: WikiText-2 like the paper, but 32 x 256 tokens instead of 128 x 2048 (its float64 Gram
+            # matrices over 262k tokens would take ~20 min per run on the CPU)
+            "fasp": ("wikitext2", 32, 256),
             "magnitude": (None, 0, 0),
             "random": (None, 0, 0),
         },
@@ -62,6 +66,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "calibration": {
             "flap": ("wikitext2", 1024, 128),
             "wanda_sp": ("c4", 128, 128),
+            "fasp": ("wikitext2", 128, 2048),
             "magnitude": (None, 0, 0),
             "random": (None, 0, 0),
         },

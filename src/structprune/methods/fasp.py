@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from ..allocate import Plan, keep_highest
+from ..allocate import Plan, keep_highest, round_kept
 from ..architectures import (
     adapter_for,
     attention_of,
@@ -62,7 +62,7 @@ def _set_weight(linear: torch.nn.Linear, weight: torch.Tensor) -> None:
 
 
 def fasp(model, ratio: float, calibration: torch.Tensor, attention: bool = True, restore: bool = True,
-         damping: float = 0.01, sequential: bool = True, solver_dtype: str = "float64",
+         damping: float = 0.01, sequential: bool = True, solver_dtype: str = "float64", round_to: int = 1,
          batch_size: int = 8) -> Plan:
     if calibration is None:
         raise ValueError("FASP needs calibration data (its scores and restoration read layer inputs)")
@@ -72,7 +72,8 @@ def fasp(model, ratio: float, calibration: torch.Tensor, attention: bool = True,
     d, n_rep = head_dim(config), queries_per_group(config)
     dtype = SOLVER_DTYPES[solver_dtype]
     plan = empty_plan(model, "fasp", ratio, {"attention": attention, "restore": restore, "damping": damping,
-                                             "sequential": sequential, "solver_dtype": solver_dtype})
+                                             "sequential": sequential, "solver_dtype": solver_dtype,
+                                             "round_to": round_to})
     plan.kept_values = [None] * len(plan.kept_groups)
     o_name, down_name = output_linears(model)
 
@@ -84,6 +85,8 @@ def fasp(model, ratio: float, calibration: torch.Tensor, attention: bool = True,
             dv = value_head_dim(attn, adapter, groups, config)
             unit_scores = column_scores(o.weight, stats[o_name]).view(groups, n_rep, dv).sum(1)
             keep = dv - math.floor(ratio * dv)
+            if round_to > 1 and keep:  # hardware-friendly value width, as for the MLP channels
+                keep = min(max(round(keep / round_to), 1) * round_to, dv)
             kept_values = [keep_highest(unit_scores[g], keep) for g in range(groups)]
             columns = torch.tensor(sorted((g * n_rep + r) * dv + c for g in range(groups) for r in range(n_rep)
                                           for c in kept_values[g]), dtype=torch.long)
@@ -97,7 +100,8 @@ def fasp(model, ratio: float, calibration: torch.Tensor, attention: bool = True,
             plan.kept_values[index] = kept_values
         down = down_proj(model, index)
         channels = down.in_features
-        kept = keep_highest(column_scores(down.weight, stats[down_name]), channels - math.floor(ratio * channels))
+        scores = column_scores(down.weight, stats[down_name])
+        kept = round_kept(keep_highest(scores, channels - math.floor(ratio * channels)), scores, round_to)
         restored = (restore_columns(down.weight, stats[down_name].gram, torch.tensor(kept), damping, dtype)
                     if restore and len(kept) < channels else None)
         prune_layer(model, index, list(range(plan.dense_groups[index])), kept)
@@ -121,7 +125,7 @@ register(Method(
     label="FASP-style",
     recipe=fasp,
     defaults={"attention": True, "restore": True, "damping": 0.01, "sequential": True, "solver_dtype": "float64",
-              "batch_size": 8},
+              "round_to": 1, "batch_size": 8},
     calibration=("wikitext2", 128, 2048),
     summary="coupled column/row pruning (o_proj+v_proj value channels, down+gate/up channels), Wanda column "
             "score, least-squares restoration of the kept columns",
@@ -130,6 +134,8 @@ register(Method(
                  "restore": "least-squares restoration of o_proj/down_proj kept columns",
                  "damping": "lambda = damping x mean diag G[S, S] (0: plain least squares)",
                  "sequential": "later layers calibrate on the pruned layers' outputs (False: one-shot)",
-                 "solver_dtype": "float64 | float32 Cholesky solve", "batch_size": "calibration batch"},
+                 "solver_dtype": "float64 | float32 Cholesky solve",
+                 "round_to": "keep value widths and MLP channel counts a multiple of k (GPU speed)",
+                 "batch_size": "calibration batch"},
     plan_rebuilds_model=False,
 ))

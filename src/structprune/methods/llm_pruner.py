@@ -47,10 +47,12 @@ def _members(model, index: int) -> dict[str, torch.nn.Linear]:
     adapter = adapter_for(model)
     layer = decoder_layers(model)[index]
     attn, mlp = attention_of(layer, adapter), mlp_of(layer, adapter)
-    return {"q": attn.get_submodule(adapter.q), "k": attn.get_submodule(adapter.k),
-            "v": attn.get_submodule(adapter.v), "o": attn.get_submodule(adapter.o),
-            "gate": mlp.get_submodule(adapter.gate), "up": mlp.get_submodule(adapter.up),
-            "down": mlp.get_submodule(adapter.down)}
+    members = {"q": attn.get_submodule(adapter.q), "k": attn.get_submodule(adapter.k),
+               "v": attn.get_submodule(adapter.v), "o": attn.get_submodule(adapter.o),
+               "up": mlp.get_submodule(adapter.up), "down": mlp.get_submodule(adapter.down)}
+    if adapter.gate:  # OPT's MLP has no gate
+        members["gate"] = mlp.get_submodule(adapter.gate)
+    return members
 
 
 def lm_loss(model, ids: torch.Tensor) -> torch.Tensor:
@@ -125,7 +127,7 @@ def group_scores(model, index: int, grads: dict, fisher: dict | None, importance
     query_rows = imp("q", 1) + imp("o", 0)  # q rows and o_proj columns share the query-head index
     kv_rows = imp("k", 1) + imp("v", 1)
     groups = query_rows.view(-1, n_rep * d).sum(1) + kv_rows.view(-1, d).sum(1)  # contiguous query heads
-    channels = imp("gate", 1) + imp("up", 1) + imp("down", 0)
+    channels = imp("up", 1) + imp("down", 0) + (imp("gate", 1) if "gate" in m else 0)
     return groups, channels
 
 
