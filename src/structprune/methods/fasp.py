@@ -111,9 +111,10 @@ def fasp(model, ratio: float, calibration: torch.Tensor, attention: bool = True,
 
     targets = (o_name, down_name)
     if sequential:
-        collect_statistics(model, calibration, targets, prune_layer=prune_one, gram=True, batch_size=batch_size)
+        collect_statistics(model, calibration, targets, prune_layer=prune_one, gram=restore,
+                           batch_size=batch_size)
     else:
-        for index, stats in enumerate(collect_statistics(model, calibration, targets, gram=True,
+        for index, stats in enumerate(collect_statistics(model, calibration, targets, gram=restore,
                                                          batch_size=batch_size)):
             prune_one(index, stats)
     finalize_pruned(model)
