@@ -9,7 +9,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.structprune-installed
-NOTEBOOKS := 00_quickstart 01_flap_vs_wanda_sp_vs_llm_pruner 04_fasp 05_speedup
+NOTEBOOKS := 00_quickstart 01_flap_vs_wanda_sp_vs_llm_pruner 03_cfsp 04_fasp 05_speedup
 EXECUTED := $(patsubst %,results/notebooks/%.ipynb,$(NOTEBOOKS))
 
 # Tests and CI never wait on the network.
@@ -39,9 +39,10 @@ test: $(STAMP)  ## unit tests (tiny model), integration tests (embedded model), 
 	scratch=$$(mktemp -d) && STRUCTPRUNE_RESULTS=$$scratch $(TEST_ENV) $(PY) -m pytest -q --nbval-lax --nbval-current-env tests notebooks; \
 	  status=$$?; rm -rf $$scratch; exit $$status
 
-check: $(STAMP)  ## fast checks: lint and notebooks stored without outputs
+check: $(STAMP)  ## fast checks (< 2 min): lint, unit tests on the tiny model, notebooks stored without outputs
 	$(PY) -m ruff check src tests benchmarks
-	$(TEST_ENV) $(PY) -m pytest -q tests/test_notebooks_clean.py
+	scratch=$$(mktemp -d) && STRUCTPRUNE_RESULTS=$$scratch $(TEST_ENV) $(PY) -m pytest -q -m "not embedded and not slow" tests; \
+	  status=$$?; rm -rf $$scratch; exit $$status
 
 bench: $(STAMP)  ## benchmarks: pruning core cost, pruned-model speed target (records under results/runs/)
 	$(TEST_ENV) $(PY) benchmarks/bench_core.py

@@ -45,3 +45,10 @@ def embedded(_embedded):
     fresh = copy.deepcopy(model)
     fresh.structprune_source = model.structprune_source
     return fresh, tokenizer
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that load the embedded model carry the `embedded` marker (`make check` leaves them out)."""
+    for item in items:
+        if {"_embedded", "embedded"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.embedded)

@@ -14,7 +14,7 @@ from structprune.profiles import profile_settings
 def smoke(monkeypatch, _embedded):
     import structprune.experiments as experiments
 
-    monkeypatch.setattr(experiments, "_dense", lambda spec: _embedded)  # the session's loaded model
+    monkeypatch.setattr(experiments, "_dense", lambda spec, device, dtype: _embedded)  # the session's loaded model
     return profile_settings("smoke")
 
 
@@ -23,6 +23,7 @@ def test_pruning_record_rebuilds_the_same_model_and_is_reused(smoke):
     config = record["config"]
     assert config["calibration"] == {"dataset": "wikitext2", "nsamples": 8, "seqlen": 128, "seed": 0}
     assert config["evaluation"]["max_windows"] == 8 and config["label"] == "FLAP"
+    assert "device" not in config and "dtype" not in config  # CPU float32, whatever machine runs it
     model, tokenizer = rebuild(record)
     assert sum(p.numel() for p in model.parameters()) == record["metrics"]["params_after"]
     again = perplexity(model, tokenizer, "wikitext2", "test", 128, 8)
@@ -57,3 +58,19 @@ def test_paper_tables_name_their_source():
     assert report.paper_rows("flap_llama7b_wikitext2").set_index(["method", "ratio"]).loc[("Dense", 0.0), "perplexity"] == 12.62
     with pytest.raises(FileNotFoundError, match="flap_llama7b_wikitext2"):
         report.paper_rows("no_such_table")
+
+
+def test_profiles_pin_device_and_dtype_into_the_record(monkeypatch, _embedded):
+    """A GPU in reach must not change a default-profile record (float16 on CUDA is load_model's default);
+    the paper profile's GPU float16 runs are different configs."""
+    import structprune.experiments as experiments
+
+    loads = []
+    monkeypatch.setattr(experiments, "_dense", lambda spec, device, dtype: loads.append((device, dtype)) or _embedded)
+    paper = profile_settings("smoke") | {"device": "cuda", "dtype": "float16", "profile": "paper-like"}
+    default_record = pruning_run(profile_settings("smoke"), "dense", 0.0)
+    paper_record = pruning_run(paper, "dense", 0.0)
+    assert loads == [("cpu", "float32"), ("cuda", "float16")]
+    assert paper_record["config"]["device"] == "cuda" and paper_record["config"]["dtype"] == "float16"
+    assert paper_record["config_hash"] != default_record["config_hash"]
+    assert experiments.precision_of(profile_settings("paper")) == {"device": "cuda", "dtype": "float16"}

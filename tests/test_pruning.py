@@ -125,6 +125,7 @@ def _run(script: str) -> None:
     subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
 
 
+@pytest.mark.slow
 def test_save_reload_in_new_process_gives_identical_logits(tiny, calibration, probe, tmp_path):
     pruned = copy.deepcopy(tiny)
     result = prune(pruned, "flap", 0.6, calibration=calibration)
@@ -191,8 +192,8 @@ def test_unsupported_architecture_is_refused(calibration):
 
 
 def test_nan_in_statistics_is_refused(tiny, calibration):
-    with torch.no_grad():
-        tiny.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
+    with torch.no_grad():  # finite weights whose activations overflow float32
+        tiny.model.layers[1].mlp.up_proj.weight[0] = 3e38
     with pytest.raises(FloatingPointError, match="NaN or Inf.*layer 1"):
         prune(tiny, "flap", 0.2, calibration=calibration)
 
@@ -295,7 +296,7 @@ def test_statistics_cache_reuses_one_shot_passes_and_notices_changed_weights(tin
     assert not torch.equal(changed[0]["mlp.down_proj"].m2, first[0]["mlp.down_proj"].m2)
 
 
-@pytest.mark.parametrize("method", ["flap", "wanda_sp", "magnitude", "random", "llm_pruner", "fasp"])
+@pytest.mark.parametrize("method", ["flap", "wanda_sp", "magnitude", "random", "llm_pruner", "fasp", "cfsp", "saap"])
 def test_every_method_prunes_opt_and_the_checkpoint_reloads(method, calibration, probe, tmp_path):
     from structprune.models import tiny_opt
 

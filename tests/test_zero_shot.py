@@ -70,6 +70,7 @@ def documents(task: ConfigurableTask) -> list[tuple]:
 
 
 @pytest.mark.parametrize("task", ["boolq", "piqa", "winogrande", "arc_easy", "arc_challenge", "openbookqa"])
+@pytest.mark.slow
 def test_local_task_yields_the_official_documents(task):
     split, rows = hf_rows(task)
     official, local = official_task(task, split, rows), local_task(task)
@@ -81,6 +82,7 @@ def test_local_task_yields_the_official_documents(task):
     assert [m["metric"] for m in local.config.metric_list] == [m["metric"] for m in official.config.metric_list]
 
 
+@pytest.mark.slow
 def test_hellaswag_approximation_is_official_processing_without_the_ctx_split():
     """The derived file joined ctx_a and ctx_b and dropped the split. Fed to lm-eval's own HellaSwag
     processing with the whole context as ctx_a (ctx_b empty), the official task yields exactly the local

@@ -8,6 +8,10 @@ Allocation rules (pure functions over per-layer score tensors):
 - `uniform_allocation`: remove floor(r * units) lowest-scored units of each kind in every layer
   (Wanda-sp, magnitude, random; FLAP's UL-UM).
 - `flap_allocation`: FLAP's structures UL-UM, UL-MM, AL-MM, AL-AM (spec flap_wanda_sp_llm_pruner.md §2.4).
+- `global_allocation`: per-layer z-scores and one global threshold over one kind of unit (the FFN-only
+  Wanda-SP and FLAP baselines of CFSP's code, spec saap_cfsp_fasp.md §1.9).
+- `cfsp_keep_ratios` / `cfsp_kept_count`: CFSP's coarse step, sigmoid keep ratios from block importance
+  (spec saap_cfsp_fasp.md §1.4).
 Ratio 0 always keeps every unit: it is the identity (FLAP's code, with its strict threshold, would still
 drop the lowest-scored unit).
 """
@@ -39,6 +43,8 @@ class Plan:
     o_bias: list[list[float] | None] = field(default_factory=list)  # per layer, added to o_proj's bias
     down_bias: list[list[float] | None] = field(default_factory=list)
     options: dict = field(default_factory=dict)
+    # Method-specific numbers behind the plan (CFSP: block importance, keep ratios), for figures and recovery.
+    extras: dict = field(default_factory=dict)
     # FASP: per layer, per KV group, the value channels kept (None: all), and the parameters those cuts
     # removed (v_proj rows and o_proj columns; units outside whole groups and channels).
     kept_values: list[list[list[int]] | None] | None = None
@@ -81,6 +87,7 @@ class Plan:
             "dense_groups_per_layer": self.dense_groups,
             "dense_channels_per_layer": self.dense_channels,
             "options": self.options,
+            **({"extras": self.extras} if self.extras else {}),
         }
 
     def to_dict(self) -> dict:
@@ -209,6 +216,47 @@ def flap_allocation(attn_channel_scores: list[torch.Tensor], mlp_scores: list[to
     keep_c = set(keep_highest(flat_channels, flat_channels.numel() - removed))
     return _split_global(keep_g, [s.numel() for s in group_scores]), _split_global(
         keep_c, [s.numel() for s in channel_scores])
+
+
+def global_allocation(scores: list[torch.Tensor], ratio: float) -> list[list[int]]:
+    """Standardise each layer's scores, then keep the top (1 - r) of all units of the model by one global
+    threshold (CFSP code's `prune_wanda_sp` / `prune_flap_bias` on FFN channels; any layer may lose more or
+    fewer than r of its own units)."""
+    if ratio == 0:
+        return [list(range(s.numel())) for s in scores]
+    flat = torch.cat([standardise(s.detach().cpu()) for s in scores])
+    keep = set(keep_highest(flat, flat.numel() - math.floor(ratio * flat.numel())))
+    return _split_global(keep, [s.numel() for s in scores])
+
+
+def cfsp_keep_ratios(importance: torch.Tensor, ratio: float, a: float = 1.0, scale: float = 1e4) -> torch.Tensor:
+    """CFSP's coarse allocation (§1.4): per-block FFN keep ratios whose mean is exactly 1 - r.
+
+    s_l = sigmoid(a (I_l - mean I) / 1e4) over the block importances I_l (sums of angular distances over
+    the calibration tokens); if a block would keep more than everything (max s / mean s * (1 - r) >= 1),
+    the deviations from the mean shrink by k = mean s (1 / (1 - r) - 1) / (max s - mean s) / 1.05;
+    keep_l = s_l / mean s * (1 - r). More important blocks keep more channels.
+    """
+    importance = importance.detach().double().cpu()
+    if ratio == 0:
+        return torch.ones_like(importance)
+    s = torch.sigmoid(a * (importance - importance.mean()) / scale)
+    mean = s.mean()
+    if s.max() > mean and s.max() / mean * (1 - ratio) >= 1:
+        k = mean * (1 / (1 - ratio) - 1) / (s.max() - mean) / 1.05
+        s = mean + (s - mean) * k
+    return s / s.mean() * (1 - ratio)
+
+
+def cfsp_kept_count(channels: int, keep_ratio: float, multiple: int = 1) -> int:
+    """Channels a block keeps: the code's int(m keep) + 1 (at most m); with `multiple` (CFSP's
+    `--cuda_friendly`, 128) the nearest multiple of it, at least one multiple (the code's threshold index
+    becomes -1 below 64 channels and keeps everything; that edge is not reproduced)."""
+    if keep_ratio >= 1:
+        return channels
+    if multiple <= 1:
+        return min(channels, int(channels * keep_ratio) + 1)
+    return min(channels, max(1, int((channels * keep_ratio + multiple / 2) / multiple)) * multiple)
 
 
 def _split_global(kept: set[int], sizes: list[int]) -> list[list[int]]:

@@ -24,13 +24,23 @@ from .surgery import apply_plan
 
 
 @functools.lru_cache(maxsize=2)
-def _dense(spec: str):
-    return load_model(spec)
+def _dense(spec: str, device: str = "cpu", dtype: str = "float32"):
+    return load_model(spec, dtype=dtype, device=device)
 
 
-def dense_model(spec: str):
+# Where a profile's runs compute. A config names its device and dtype only when they differ from this, so a
+# record's numbers never depend on which machine ran the notebook (a GPU in reach does not switch to float16).
+DEFAULT_PRECISION = {"device": "cpu", "dtype": "float32"}
+
+
+def precision_of(settings_or_config: dict) -> dict:
+    """{"device", "dtype"} of a profile's settings or of a run config (CPU float32 unless they say otherwise)."""
+    return {key: settings_or_config.get(key) or value for key, value in DEFAULT_PRECISION.items()}
+
+
+def dense_model(spec: str, device: str = "cpu", dtype: str = "float32"):
     """A fresh copy of the dense model `spec` (loaded once per process) and its tokenizer."""
-    model, tokenizer = _dense(spec)
+    model, tokenizer = _dense(spec, device, dtype)
     fresh = copy.deepcopy(model)
     fresh.structprune_source = model.structprune_source
     return fresh, tokenizer
@@ -63,63 +73,108 @@ def _prune_as_configured(model, tokenizer, config: dict):
 EVALUATION_SPLIT = {"c4": "validation"}  # the C4 sample has no test split (the papers use C4 validation)
 
 
+def recover(model, tokenizer, plan: Plan, recovery: dict) -> dict:
+    """LoRA recovery of a pruned model as a run config describes it (merged in place); the record fields.
+
+    recovery: {"method": "lora" (default) | "group_lora", "ranks": "uniform" | "importance" | "pruned", plus
+    `lora_recover` / `group_lora_recover` options}. The importance-guided ranks (CFSP's IG-LoRA, inferred)
+    read the plan's per-block keep ratios; group_lora is SAAP-style group fine-tuning (QA-LoRA reading).
+    """
+    from .recovery import group_lora_recover, importance_guided_ranks, lora_recover
+
+    options = dict(recovery)
+    kind = options.pop("method", "lora")
+    if kind == "group_lora":
+        return group_lora_recover(model, tokenizer, progress=False, **options)
+    if kind != "lora":
+        raise ValueError(f"unknown recovery method {kind!r}: choose lora or group_lora")
+    direction, rank = options.pop("ranks", "uniform"), options.get("r", 8)
+    pattern = None
+    if direction != "uniform":
+        keep = plan.extras.get("keep_ratios")
+        if keep is None:
+            raise ValueError(f"importance-guided LoRA ranks need per-block keep ratios; method {plan.method!r} "
+                             "does not record them (use ranks='uniform')")
+        pattern = importance_guided_ranks(model, keep, rank, direction)
+    return lora_recover(model, tokenizer, rank_pattern=pattern, progress=False, **options)
+
+
 def pruning_run(settings: dict, method: str, ratio: float, options: dict | None = None,
                 nsamples: int | None = None, max_windows: int | None = None, also: tuple[str, ...] = (),
-                experiment: str = "sweep") -> dict:
+                experiment: str = "sweep", calibration: dict | None = None, recovery: dict | None = None) -> dict:
     """Prune the profile's model with `method` at `ratio` and measure perplexity; the record.
 
     method "dense" (ratio 0) evaluates the unpruned model under the same protocol.
     nsamples: calibration samples (default: the profile's); max_windows: evaluation subset (default:
     the profile's); also: further perplexity datasets (e.g. ("c4",)), metrics `perplexity_<name>`.
+    calibration: {"dataset", "nsamples", "seqlen", "seed"} instead of the method's own (same-footing
+    baselines); recovery: LoRA recovery after pruning (see `recover`).
     """
     evaluation = evaluation_of(settings, max_windows)
     if also:
         evaluation["also"] = list(also)
     config = {"profile": settings["profile"], "model": settings["model"], "method": method, "ratio": ratio,
               "evaluation": evaluation}
+    config.update({k: v for k, v in precision_of(settings).items() if v != DEFAULT_PRECISION[k]})
     options = dict(options or {})
     if method != "dense":
         spec = get_method(method)
         if "seed" in spec.defaults:  # methods that draw random numbers follow the profile's seed
             options.setdefault("seed", settings["seed"])
         options = resolve_options(spec, options)
-        config.update(label=spec.label, options=options, calibration=calibration_of(settings, method, nsamples))
+        config.update(label=spec.label_for(options), options=options,
+                      calibration=calibration or calibration_of(settings, method, nsamples))
+        if recovery is not None:
+            config["recovery"] = recovery
 
-    def compute():
-        model, tokenizer = dense_model(settings["model"])
-        metrics = {"model_source": model.structprune_source}
-        timings = {}
-        if method == "dense":
-            metrics.update(params_before=count_parameters(model), params_after=count_parameters(model))
-        else:
-            result = _prune_as_configured(model, tokenizer, config)
-            metrics.update(params_before=result.params_before, params_after=result.params_after,
-                           plan=result.plan.to_dict(), plan_summary=result.plan.summary(),
-                           calibration=result.calibration, peak_memory=result.peak_memory)
-            timings["prune_seconds"] = result.seconds
-        metrics["perplexity"] = perplexity(model, tokenizer, evaluation["dataset"], evaluation["split"],
-                                           evaluation["seqlen"], evaluation["max_windows"])
-        timings["perplexity_seconds"] = metrics["perplexity"]["seconds"]
-        for dataset in also:
-            metrics[f"perplexity_{dataset}"] = perplexity(model, tokenizer, dataset,
-                                                          EVALUATION_SPLIT.get(dataset, "test"),
-                                                          evaluation["seqlen"], evaluation["max_windows"])
-        return metrics, timings
+    return run_once(experiment, config, lambda: pruning_metrics(config))
 
-    return run_once(experiment, config, compute)
+
+def pruning_metrics(config: dict) -> tuple[dict, dict]:
+    """(metrics, timings) of a pruning-run config: everything the run needs is in the config, so a record
+    can be re-run from itself (`rerun`)."""
+    evaluation, recovery = config["evaluation"], config.get("recovery")
+    model, tokenizer = dense_model(config["model"], **precision_of(config))
+    metrics = {"model_source": model.structprune_source}
+    timings = {}
+    if config["method"] == "dense":
+        metrics.update(params_before=count_parameters(model), params_after=count_parameters(model))
+    else:
+        result = _prune_as_configured(model, tokenizer, config)
+        metrics.update(params_before=result.params_before, params_after=result.params_after,
+                       plan=result.plan.to_dict(), plan_summary=result.plan.summary(),
+                       calibration=result.calibration, peak_memory=result.peak_memory)
+        timings["prune_seconds"] = result.seconds
+        if recovery is not None:
+            metrics["recovery"] = recover(model, tokenizer, result.plan, recovery)
+            timings["recovery_seconds"] = metrics["recovery"]["seconds"]
+    metrics["perplexity"] = perplexity(model, tokenizer, evaluation["dataset"], evaluation["split"],
+                                       evaluation["seqlen"], evaluation["max_windows"])
+    timings["perplexity_seconds"] = metrics["perplexity"]["seconds"]
+    for dataset in evaluation.get("also", []):
+        metrics[f"perplexity_{dataset}"] = perplexity(model, tokenizer, dataset, EVALUATION_SPLIT.get(dataset, "test"),
+                                                      evaluation["seqlen"], evaluation["max_windows"])
+    return metrics, timings
+
+
+def rerun(record: dict) -> dict:
+    """The metrics of a pruning record's config computed again (nothing written): the determinism check."""
+    return pruning_metrics(record["config"])[0]
 
 
 def rebuild(record: dict):
     """The pruned model of a pruning record and the tokenizer: dense copy + its plan, or, for methods that
-    also change the kept weights (FASP's restoration), the same deterministic pruning run again."""
+    also change the kept weights (FASP's restoration, LoRA recovery), the same seeded run again."""
     config = record["config"]
-    model, tokenizer = dense_model(config["model"])
+    model, tokenizer = dense_model(config["model"], **precision_of(config))
     if config["method"] == "dense":
         return model, tokenizer
-    if get_method(config["method"]).plan_rebuilds_model:
+    if get_method(config["method"]).plan_rebuilds_model and "recovery" not in config:
         apply_plan(model, Plan.from_dict(record["metrics"]["plan"]))
         return model, tokenizer
-    _prune_as_configured(model, tokenizer, config)
+    result = _prune_as_configured(model, tokenizer, config)
+    if "recovery" in config:  # the same seeded fine-tuning again
+        recover(model, tokenizer, result.plan, config["recovery"])
     return model, tokenizer
 
 

@@ -161,11 +161,15 @@ def load_model(spec: str = "embedded", dtype: torch.dtype | str | None = None, d
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     dtype = dtype or (torch.float16 if device.startswith("cuda") or device == "auto" else torch.float32)
-    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
-    if kind != "hub":
-        kwargs["use_safetensors"] = True  # never unpickle weights
+    # Weights are read from safetensors only, local or hub: nothing here unpickles a model.
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}
     if device == "auto":
         kwargs["device_map"] = "auto"
+    if kind == "local" and not any(Path(where).glob("*.safetensors*")):
+        raise FileNotFoundError(
+            f"{where} has no safetensors weights: structprune never unpickles a model (.bin/.pt files can run "
+            "code when loaded). Convert it once where you trust the file, e.g. "
+            "`AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)`.")
     model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     if device != "auto":
         model.to(device)

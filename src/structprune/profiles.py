@@ -21,6 +21,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "flap": ("wikitext2", 8, 128),
             "wanda_sp": ("c4", 8, 128),
             "fasp": ("wikitext2", 4, 128),
+            "cfsp": ("wikitext2", 4, 128),
             "magnitude": (None, 0, 0),
             "random": (None, 0, 0),
         },
@@ -28,9 +29,13 @@ PROFILES: dict[str, dict[str, Any]] = {
         "ratios": [0.2],
         "ablation_max_windows": 8,  # FLAP ablations: evaluation subset
         "ablation_nsamples": [4, 8],  # FLAP ablations: calibration sample counts
+        # LoRA recovery (structprune.recovery.lora_recover options): a token run
+        "recovery": {"max_steps": 1, "batch_size": 2, "micro_batch_size": 2, "cutoff_len": 64},
         # speed benchmark: (batch, prompt tokens) prefill shapes, decode batches, new tokens per decode
         "speed": {"prefill_shapes": [[1, 16], [2, 32]], "decode_batches": [1], "new_tokens": 8},
         "seed": 0,
+        "device": "cpu",
+        "dtype": "float32",
     },
     "default": {
         "model": "embedded",
@@ -44,6 +49,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             # FASP: WikiText-2 like the paper, but 32 x 256 tokens instead of 128 x 2048 (its float64 Gram
             # matrices over 262k tokens would take ~20 min per run on the CPU)
             "fasp": ("wikitext2", 32, 256),
+            "cfsp": ("wikitext2", 128, 1024),  # CFSP: the code's 128 x 1024 (one dense pass, as FLAP's)
             "magnitude": (None, 0, 0),
             "random": (None, 0, 0),
         },
@@ -54,12 +60,19 @@ PROFILES: dict[str, dict[str, Any]] = {
         "ratios": [0.2, 0.3, 0.5],
         "ablation_max_windows": 64,  # FLAP ablations: first 64 windows (8,128 tokens), to fit the CPU
         "ablation_nsamples": [32, 128, 512, 1024],  # FLAP ablations: calibration sample counts
+        # LoRA recovery: 20 steps of batch 8 (160 Alpaca rows, cutoff 256) instead of 2 epochs of 50k rows (CPU)
+        "recovery": {"max_steps": 20, "batch_size": 8, "micro_batch_size": 4, "cutoff_len": 256},
         "speed": {"prefill_shapes": [[1, 128], [1, 512], [8, 128], [8, 512]], "decode_batches": [1, 8],
                   "new_tokens": 128},
         "seed": 0,
+        # device/dtype of every run (structprune.experiments): CPU float32 on any machine, so the records agree
+        "device": "cpu",
+        "dtype": "float32",
     },
     "paper": {
-        "model": "baffo32/decapoda-research-llama-7B-hf",  # the LLaMA-7B copy LLM-Pruner's README recommends
+        # LLaMA-7B (the papers' weights). LLM-Pruner's README points to baffo32/decapoda-research-llama-7B-hf, whose
+        # weights are pickled .bin shards; structprune loads safetensors only, so the paper profile uses this copy.
+        "model": "huggyllama/llama-7b",
         "eval_dataset": "wikitext2",
         "eval_seqlen": 128,
         "eval_max_windows": None,  # the full test set
@@ -67,6 +80,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "flap": ("wikitext2", 1024, 128),
             "wanda_sp": ("c4", 128, 128),
             "fasp": ("wikitext2", 128, 2048),
+            "cfsp": ("wikitext2", 128, 1024),
             "magnitude": (None, 0, 0),
             "random": (None, 0, 0),
         },
@@ -74,9 +88,13 @@ PROFILES: dict[str, dict[str, Any]] = {
         "ratios": [0.2, 0.3, 0.5],
         "ablation_max_windows": None,  # the full test set
         "ablation_nsamples": [128, 256, 512, 1024, 2048],
+        # LLM-Pruner's recipe: 2 epochs, batch 64 (micro 4), cutoff 256 (the local Alpaca subset offline)
+        "recovery": {"max_steps": None, "epochs": 2.0, "batch_size": 64, "micro_batch_size": 4, "cutoff_len": 256},
         "speed": {"prefill_shapes": [[1, 128], [1, 512], [8, 128], [8, 512]], "decode_batches": [1, 8],
                   "new_tokens": 128},
         "seed": 0,
+        "device": "cuda",  # the papers ran LLaMA-7B in float16 on one GPU
+        "dtype": "float16",
     },
 }
 

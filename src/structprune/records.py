@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -61,14 +62,63 @@ def environment() -> dict[str, Any]:
         versions["lm_eval"] = metadata.version("lm_eval")
     except metadata.PackageNotFoundError:
         versions["lm_eval"] = None
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
-    return {"versions": versions, "git_commit": git_commit(), "device": device,
-            "threads": torch.get_num_threads(), "platform": platform.platform()}
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    # "device" is where this process computed: the GPU only if CUDA was used, else the CPU (a GPU merely
+    # present on the machine does not make a CPU run a GPU number)
+    device = gpu if torch.cuda.is_initialized() else f"cpu: {cpu_name()}"
+    return {"versions": versions, "git_commit": git_commit(), "device": device, "gpu": gpu,
+            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "platform": platform.platform()}
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux /proc/cpuinfo), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def temporary_prefix(name: str) -> str:
+    """Prefix of a writer's temporary sibling of `name`: it carries the writer's process id, so that
+    `remove_orphans` can tell a temporary of a killed run from one being written right now (make -j)."""
+    return f"{name}.tmp-{os.getpid()}-"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_orphans(folder: Path) -> list[Path]:
+    """Delete the temporaries that killed writers left in `folder` (their process no longer runs)."""
+    removed = []
+    for path in Path(folder).glob("*.tmp-*"):
+        try:
+            pid = int(path.name.rsplit(".tmp-", 1)[1].split("-", 1)[0])
+        except (IndexError, ValueError):
+            continue
+        if pid == os.getpid() or _running(pid):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
+    remove_orphans(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path.name), dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .evaluate import PAPER_METRIC, PAPER_TASKS
-from .records import atomic_write_text, results_dir
+from .records import atomic_write_text, remove_orphans, results_dir, temporary_prefix
 
 TASK_NAMES = {"boolq": "BoolQ", "piqa": "PIQA", "hellaswag": "HellaSwag", "winogrande": "WinoGrande",
               "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "openbookqa": "OBQA"}
@@ -76,10 +76,11 @@ def save_figure(fig, name: str) -> dict[str, Path]:
     """Save a matplotlib figure as PNG and PDF (atomically); the paths."""
     folder = figures_dir()
     folder.mkdir(parents=True, exist_ok=True)
+    remove_orphans(folder)
     paths = {}
     for ext in ("png", "pdf"):
         path = folder / f"{name}.{ext}"
-        handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=f".{ext}")
+        handle, tmp = tempfile.mkstemp(dir=folder, prefix=temporary_prefix(path.name), suffix=f".{ext}")
         os.close(handle)
         fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf"
                     else None)

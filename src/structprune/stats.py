@@ -138,7 +138,8 @@ _CACHE: OrderedDict[str, list[dict[str, ChannelStats]]] = OrderedDict()
 _CACHE_SIZE = 4
 
 
-def _cache_key(model, calibration: torch.Tensor, targets: Sequence[str], gram: bool, batch_size: int) -> str | None:
+def statistics_key(model, calibration: torch.Tensor, targets: Sequence[str], gram: bool, batch_size: int) -> str | None:
+    """A hash of every weight, the calibration ids and what is collected (None for non-CPU models)."""
     params = list(model.parameters())
     if any(p.device.type != "cpu" for p in params):
         return None  # hashing GPU weights would cost a copy of the model
@@ -177,7 +178,7 @@ def collect_statistics(
     adapter_for(model)  # fails clearly on an unsupported architecture
     key = None
     if prune_layer is None and on_block is None:
-        key = _cache_key(model, calibration, targets, gram, batch_size)
+        key = statistics_key(model, calibration, targets, gram, batch_size)
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return copy.deepcopy(_CACHE[key])

@@ -36,6 +36,7 @@ from .architectures import (
     value_head_dim,
 )
 from .pruned_modeling import PRUNED_CLASSES, EmptyAttention
+from .records import remove_orphans, temporary_prefix
 
 SIDECAR = "pruning.json"
 MODELING_FILE = "modeling_structpruned.py"
@@ -206,7 +207,8 @@ def save_pruned(model, tokenizer, path: str | Path, provenance: dict | None = No
     if model.config.model_type not in {c.model_type for c, _ in PRUNED_CLASSES.values()}:
         model = finalize_pruned(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
+    remove_orphans(path.parent)  # what a killed save left behind
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(path.name), dir=path.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
@@ -225,6 +227,46 @@ def save_pruned(model, tokenizer, path: str | Path, provenance: dict | None = No
     return path
 
 
+def check_checkpoint(path: str | Path) -> None:
+    """Refuse a pruned checkpoint whose weights do not match its config: a missing shard, a missing tensor,
+    or a tensor whose shape is not the one the config's per-layer widths imply (tampered or half-copied).
+    Reads only the safetensors headers and builds the model on the meta device (no memory)."""
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (path / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"{path} has no model.safetensors (nor a safetensors index): the weights are "
+                                "missing. Pruned checkpoints are safetensors only; re-run the pruning.")
+    missing = [name for name in files if not (path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path} is incomplete: weight shard(s) {', '.join(missing)} listed in the index are "
+                                "missing. Copy the whole directory again or re-run the pruning.")
+    stored = {}
+    for name in files:
+        with safe_open(str(path / name), framework="pt") as handle:
+            for key in handle.keys():
+                stored[key] = tuple(handle.get_slice(key).get_shape())
+    config = AutoConfig.from_pretrained(path)
+    model_class = next(cls for conf, cls in PRUNED_CLASSES.values() if conf.model_type == config.model_type)
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in model_class(config).state_dict().items()}
+    wrong = [f"{k}: config implies {list(shape)}, file holds {list(stored[k])}"
+             for k, shape in expected.items() if k in stored and stored[k] != shape]
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    absent = sorted(set(expected) - set(stored) - tied)
+    if wrong or absent:
+        details = "; ".join(wrong[:3] + [f"missing tensor {k}" for k in absent[:3]])
+        raise ValueError(f"{path}: the weights do not match config.json's layer shapes ({details}"
+                         f"{'; ...' if len(wrong) + len(absent) > 3 else ''}). The checkpoint was modified or "
+                         "copied incompletely; re-run the pruning or restore the original files.")
+
+
 def load_pruned(path: str | Path, dtype: torch.dtype | None = None, device: str | None = None):
     """Reload a pruned checkpoint (no remote code, safetensors only) -> (model, tokenizer)."""
     path = Path(path)
@@ -236,6 +278,7 @@ def load_pruned(path: str | Path, dtype: torch.dtype | None = None, device: str 
         raise ValueError(f"{path} holds a {model_type!r} model, not a structprune pruned checkpoint")
     if not (path / SIDECAR).is_file():
         raise FileNotFoundError(f"{path}/{SIDECAR} is missing: the checkpoint's provenance is lost; re-run the pruning")
+    check_checkpoint(path)
     from .models import load_model
 
     return load_model(str(path), dtype=dtype, device=device)

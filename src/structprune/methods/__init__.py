@@ -31,6 +31,18 @@ class Method:
     # False when the method also changes kept weights (FASP's restoration): its plan alone does not
     # rebuild the pruned model, so experiments re-run the (deterministic) pruning instead.
     plan_rebuilds_model: bool = True
+    label_of: Callable[[dict], str] | None = None  # the label of a variant chosen by options
+
+    def label_for(self, options: dict) -> str:
+        """How outputs name this method run with `options` (e.g. "Wanda-sp (FFN, global)")."""
+        return self.label_of(options) if self.label_of else self.label
+
+
+def ffn_variant_label(base: str, options: dict) -> str:
+    """`base`, marked when options restrict it to FFN channels or a global threshold (CFSP's baselines)."""
+    marks = [m for m, on in (("FFN", options.get("attention") is False),
+                             ("global", options.get("allocation") == "global")) if on]
+    return f"{base} ({', '.join(marks)})" if marks else base
 
 
 METHODS: dict[str, Method] = {}
@@ -76,6 +88,15 @@ class PruneResult:
                 "params_after": self.params_after, "peak_memory": self.peak_memory, "plan": self.plan.summary()}
 
 
+def check_finite_weights(model) -> None:
+    """Refuse weights with NaN or Inf: every score computed from them would be meaningless."""
+    bad = [name for name, param in model.named_parameters() if not torch.isfinite(param).all()]
+    if bad:
+        raise FloatingPointError(f"NaN or Inf in the weights of {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}: "
+                                 "the checkpoint is damaged or was loaded in a dtype that overflows; reload it "
+                                 "(in float32) before pruning")
+
+
 def prune(model, method: str, ratio: float, calibration: torch.Tensor | str | None = None, tokenizer=None,
           nsamples: int | None = None, seqlen: int | None = None, seed: int = 0, data_path=None,
           **options) -> PruneResult:
@@ -91,6 +112,7 @@ def prune(model, method: str, ratio: float, calibration: torch.Tensor | str | No
         options.setdefault("seed", seed)
     options = resolve_options(spec, options)
     adapter_for(model)  # unsupported architecture: fail before any work
+    check_finite_weights(model)
     dataset, paper_nsamples, paper_seqlen = spec.calibration
     info: dict = {"dataset": None}
     if isinstance(calibration, torch.Tensor):
@@ -120,16 +142,21 @@ def prune(model, method: str, ratio: float, calibration: torch.Tensor | str | No
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    if ratio > 0 and plan.params_removed == 0:
+        shapes = sorted({(len(g), len(c)) for g, c in zip(plan.kept_groups, plan.kept_channels, strict=True)})
+        raise ValueError(f"{method} at ratio {ratio} removes no unit of this model (layers keep (KV groups, "
+                         f"channels) = {shapes}): the model is too small for this ratio, since whole units are "
+                         "removed; ask for a larger ratio")
     if cuda:
         peak = {"cuda_max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20}
     else:
         import resource
 
         peak = {"process_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    return PruneResult(model=model, plan=plan, method=method, label=spec.label, ratio=ratio, options=options,
+    return PruneResult(model=model, plan=plan, method=method, label=spec.label_for(options), ratio=ratio, options=options,
                        calibration=info, seconds=seconds, params_before=params_before,
                        params_after=count_parameters(model), peak_memory=peak)
 
 
 # Register the recipes (each file calls `register`).
-from . import fasp, flap, llm_pruner, magnitude, random_sp, wanda_sp  # noqa: E402,F401
+from . import cfsp, fasp, flap, llm_pruner, magnitude, random_sp, saap, wanda_sp  # noqa: E402,F401
