@@ -74,3 +74,34 @@ def test_profiles_pin_device_and_dtype_into_the_record(monkeypatch, _embedded):
     assert paper_record["config"]["device"] == "cuda" and paper_record["config"]["dtype"] == "float16"
     assert paper_record["config_hash"] != default_record["config_hash"]
     assert experiments.precision_of(profile_settings("paper")) == {"device": "cuda", "dtype": "float16"}
+
+
+def test_leaderboard_joins_the_records_of_one_pruning_run(tmp_path):
+    from structprune.records import write_record
+
+    root = tmp_path / "runs"
+    base = {"profile": "default", "model": "embedded", "ratio": 0.2}
+    dense = {**base, "method": "dense", "ratio": 0.0, "evaluation": {"dataset": "wikitext2", "split": "test",
+                                                                      "max_windows": 256}}
+    pruned = {**base, "method": "flap", "label": "FLAP", "options": {"metric": "WIFV"},
+              "evaluation": {"dataset": "wikitext2", "split": "test", "max_windows": 256}}
+    for config, ppl, params in ((dense, 56.0, 100), (pruned, 84.0, 80)):
+        write_record("sweep", config, {"perplexity": {"perplexity": ppl}, "params_after": params},
+                     path=root / "sweep" / f"{config['method']}.json")
+        write_record("sweep", {**config, "evaluation": {**config["evaluation"], "max_windows": 64}},
+                     {"perplexity": {"perplexity": ppl + 1}, "params_after": params},
+                     path=root / "sweep" / f"{config['method']}64.json")
+    speed = {"threads": 2, "repeats": 3, "prefill_shapes": [[8, 512]], "decode_batches": [1], "new_tokens": 8}
+    for config, tps, macs in ((dense, 100.0, 10.0), (pruned, 120.0, 8.0)):
+        result = {"prefill": [{"batch": 8, "tokens": 512, "tokens_per_second": tps, "macs": macs}],
+                  "decode": [{"tokens_per_second": tps / 10}]}
+        write_record("speed", {"pruning": config, **speed}, {"speed": result},
+                     path=root / "speed" / f"{config['method']}.json")
+    write_record("zero_shot", {"pruning": pruned, "limit": 50}, {"zero_shot": {"average": 0.45}},
+                 path=root / "zero_shot" / "flap.json")
+    board = report.leaderboard("default", "embedded", root).set_index("method")
+    assert board.loc["FLAP", "PPL (256 windows)"] == 84.0 and board.loc["FLAP", "PPL (64 windows)"] == 85.0
+    assert board.loc["FLAP", "zero-shot avg (50 docs)"] == pytest.approx(45.0)
+    assert board.loc["FLAP", "prefill x (8x512)"] == pytest.approx(1.2)
+    assert board.loc["FLAP", "ideal x"] == pytest.approx(10.0 / 8.0)
+    assert board.loc["Dense", "parameters"] == 100 and pd.isna(board.loc["Dense", "zero-shot avg (50 docs)"])

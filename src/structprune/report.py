@@ -178,21 +178,26 @@ def leaderboard(profile: str = "default", model: str = "embedded", root: Path | 
             limit = record["config"]["limit"]
             rows[key][f"zero-shot avg ({'all' if limit is None else limit} docs)"] = \
                 100 * record["metrics"]["zero_shot"]["average"]
-    speeds = {_pruning_key(r["config"]["pruning"]): r for r in records("speed")}
+    speeds: dict[str, list[dict]] = {}
+    for record in records("speed"):
+        speeds.setdefault(_pruning_key(record["config"]["pruning"]), []).append(record)
+    dense_speeds = [r for r in records("speed") if r["config"]["pruning"]["method"] == "dense"
+                    and r["config"]["pruning"].get("profile") == profile]
     for key, row in rows.items():
-        record = speeds.get(key)
-        if record is None:
-            continue
-        dense = next((s for s in speeds.values() if s["config"]["pruning"]["method"] == "dense"
-                      and s["config"]["pruning"].get("profile") == profile and _same_protocol(s, record)), None)
-        measured = record["metrics"]["speed"]
-        row["decode tok/s (batch 1)"] = measured["decode"][0]["tokens_per_second"]
-        if dense is not None:
+        # the record with the most prefill shapes (the full protocol), measured against a dense one alike
+        candidates = sorted(speeds.get(key, []), key=lambda r: -len(r["config"].get("prefill_shapes") or []))
+        for record in candidates:
+            dense = next((d for d in dense_speeds if _same_protocol(d, record)), None)
+            if dense is None:
+                continue
             from .speed import speedup
 
+            measured = record["metrics"]["speed"]
             largest = speedup(dense["metrics"]["speed"], measured)[-1]
+            row["decode tok/s (batch 1)"] = measured["decode"][0]["tokens_per_second"]
             row[f"prefill x ({largest['batch']}x{largest['tokens']})"] = largest["measured"]
             row["ideal x"] = largest["ideal"]
+            break
     frame = pd.DataFrame(list(rows.values()))
     return frame.sort_values(["ratio", "method"]).reset_index(drop=True) if not frame.empty else frame
 
