@@ -1,5 +1,7 @@
 """Offline data: the WikiText-2 rows are the HF rows, joins follow the papers, calibration is seeded."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -87,3 +89,12 @@ def test_data_not_found_lists_every_place(tmp_path, monkeypatch):
 def test_unknown_dataset_is_refused():
     with pytest.raises(ValueError, match="unknown dataset 'wikitext103'.*wikitext2"):
         evaluation_text("wikitext103")
+
+
+def test_records_name_data_files_relative_to_the_data_folder():
+    from structprune.data import instruction_rows
+
+    _, source = dataset_rows("wikitext2", "test")
+    _, alpaca = instruction_rows()
+    for name in (source, alpaca):
+        assert name.startswith("STRUCTPRUNE_DATA/") and not Path(name).is_absolute()

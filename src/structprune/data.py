@@ -100,7 +100,7 @@ def dataset_rows(dataset: str, split: str, data_path: str | Path | None = None) 
             continue
         path = folder / relative
         if path.is_file():
-            return _read_local_rows(dataset, path), str(path)
+            return _read_local_rows(dataset, path), local_source(relative)
         looked.append(str(path))
     if not folders:
         looked.append(f"${DATA_ENV} (not set) and shared/data beside the repository (missing)")
@@ -185,6 +185,11 @@ def calibration_batches(tokenizer, dataset: str, nsamples: int, seqlen: int, see
 ALPACA_FILE = "alpaca-cleaned/alpaca_data_cleaned.first5000.jsonl.gz"
 
 
+def local_source(relative: str) -> str:
+    """How records name a file of the data folder: relative to it, never a path of this machine."""
+    return f"{DATA_ENV}/{relative}"
+
+
 def instruction_rows(data_path: str | Path | None = None) -> tuple[list[dict], str]:
     """Alpaca-cleaned instruction rows ({instruction, input, output}) for LoRA recovery: the local subset
     (the first 5,000 of 51,760 rows), else the hub's `yahma/alpaca-cleaned`."""
@@ -196,7 +201,7 @@ def instruction_rows(data_path: str | Path | None = None) -> tuple[list[dict], s
         path = folder / ALPACA_FILE
         if path.is_file():
             with gzip.open(path, "rt", encoding="utf-8") as handle:
-                return [json.loads(line) for line in handle if line.strip()], str(path)
+                return [json.loads(line) for line in handle if line.strip()], local_source(ALPACA_FILE)
         looked.append(str(path))
     try:
         import datasets

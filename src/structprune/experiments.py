@@ -130,24 +130,31 @@ def pruning_run(settings: dict, method: str, ratio: float, options: dict | None 
     return run_once(experiment, config, lambda: pruning_metrics(config))
 
 
+def _prune_and_recover(model, tokenizer, config: dict):
+    """Prune as the config says, then recover if it asks to: (PruneResult, recovery record or None)."""
+    result = _prune_as_configured(model, tokenizer, config)
+    recovery = config.get("recovery")
+    return result, (recover(model, tokenizer, result.plan, recovery) if recovery is not None else None)
+
+
 def pruning_metrics(config: dict) -> tuple[dict, dict]:
     """(metrics, timings) of a pruning-run config: everything the run needs is in the config, so a record
     can be re-run from itself (`rerun`)."""
-    evaluation, recovery = config["evaluation"], config.get("recovery")
+    evaluation = config["evaluation"]
     model, tokenizer = dense_model(config["model"], **precision_of(config))
     metrics = {"model_source": model.structprune_source}
     timings = {}
     if config["method"] == "dense":
         metrics.update(params_before=count_parameters(model), params_after=count_parameters(model))
     else:
-        result = _prune_as_configured(model, tokenizer, config)
+        result, recovered = _prune_and_recover(model, tokenizer, config)
         metrics.update(params_before=result.params_before, params_after=result.params_after,
                        plan=result.plan.to_dict(), plan_summary=result.plan.summary(),
                        calibration=result.calibration, peak_memory=result.peak_memory)
         timings["prune_seconds"] = result.seconds
-        if recovery is not None:
-            metrics["recovery"] = recover(model, tokenizer, result.plan, recovery)
-            timings["recovery_seconds"] = metrics["recovery"]["seconds"]
+        if recovered is not None:
+            metrics["recovery"] = recovered
+            timings["recovery_seconds"] = recovered["seconds"]
     metrics["perplexity"] = perplexity(model, tokenizer, evaluation["dataset"], evaluation["split"],
                                        evaluation["seqlen"], evaluation["max_windows"])
     timings["perplexity_seconds"] = metrics["perplexity"]["seconds"]
@@ -172,9 +179,7 @@ def rebuild(record: dict):
     if get_method(config["method"]).plan_rebuilds_model and "recovery" not in config:
         apply_plan(model, Plan.from_dict(record["metrics"]["plan"]))
         return model, tokenizer
-    result = _prune_as_configured(model, tokenizer, config)
-    if "recovery" in config:  # the same seeded fine-tuning again
-        recover(model, tokenizer, result.plan, config["recovery"])
+    _prune_and_recover(model, tokenizer, config)  # the same seeded pruning (and fine-tuning) again
     return model, tokenizer
 
 

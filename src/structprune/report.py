@@ -154,6 +154,8 @@ def leaderboard(profile: str = "default", model: str = "embedded", root: Path | 
     protocol (threads, repeats, shapes)."""
     import json
 
+    from .speed import speedup
+
     root = Path(root or results_dir() / "runs")
 
     def records(experiment):
@@ -190,8 +192,6 @@ def leaderboard(profile: str = "default", model: str = "embedded", root: Path | 
             dense = next((d for d in dense_speeds if _same_protocol(d, record)), None)
             if dense is None:
                 continue
-            from .speed import speedup
-
             measured = record["metrics"]["speed"]
             largest = speedup(dense["metrics"]["speed"], measured)[-1]
             row["decode tok/s (batch 1)"] = measured["decode"][0]["tokens_per_second"]
