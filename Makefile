@@ -36,8 +36,10 @@ reproduce: $(REPORT)  ## run notebooks 00-05 and then 99_report with papermill (
 # Every notebook is executed into results/notebooks/ (and exported as HTML); finished runs are read back from
 # their records, so an interrupted reproduce resumes and a repeated one only re-renders. Independent
 # notebooks run in parallel under make -j (each holds one model copy: about 1-2 GB of memory).
+# Each notebook also logs the records it used ($@.records.jsonl), from which 99_report sums their compute time.
 results/notebooks/%.ipynb: notebooks/%.ipynb $(STAMP)
-	$(TEST_ENV) $(PY) -m papermill --log-output -k python3 -p profile $(PROFILE) $< $@.tmp.ipynb
+	@rm -f $@.records.jsonl
+	STRUCTPRUNE_RECORD_LOG=$@.records.jsonl $(TEST_ENV) $(PY) -m papermill --log-output -k python3 -p profile $(PROFILE) $< $@.tmp.ipynb
 	@mv $@.tmp.ipynb $@
 	$(PY) -m jupyter nbconvert --to html --log-level WARN $@
 
@@ -67,5 +69,5 @@ lab: $(STAMP)  ## open JupyterLab on the notebooks
 	$(PY) -m jupyter lab notebooks
 
 clean:  ## remove executed notebooks and caches (keeps records and .venv)
-	rm -rf results/notebooks/*.ipynb results/notebooks/*.html .pytest_cache .ruff_cache
+	rm -rf results/notebooks/*.ipynb results/notebooks/*.html results/notebooks/*.records.jsonl .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

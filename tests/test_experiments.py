@@ -105,3 +105,40 @@ def test_leaderboard_joins_the_records_of_one_pruning_run(tmp_path):
     assert board.loc["FLAP", "prefill x (8x512)"] == pytest.approx(1.2)
     assert board.loc["FLAP", "ideal x"] == pytest.approx(10.0 / 8.0)
     assert board.loc["Dense", "parameters"] == 100 and pd.isna(board.loc["Dense", "zero-shot avg (50 docs)"])
+
+
+def test_record_log_and_compute_cost_per_notebook(tmp_path, monkeypatch):
+    """run_once logs every record it reads or writes; compute_cost sums each notebook's distinct records."""
+    import json
+    import time
+
+    from structprune.records import RECORD_LOG_ENV, run_once
+
+    monkeypatch.setenv("STRUCTPRUNE_RESULTS", str(tmp_path))
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+
+    def slow(seconds):
+        def compute():
+            time.sleep(seconds)
+            return {"value": seconds}, {"perplexity_seconds": 1000.0}  # compute's own timing: wall time wins
+        return compute
+
+    monkeypatch.setenv(RECORD_LOG_ENV, str(notebooks / "01_a.ipynb.records.jsonl"))
+    first = run_once("sweep", {"n": 1}, slow(0.2))
+    run_once("sweep", {"n": 1}, slow(5.0))  # reused: no second computation, logged again
+    run_once("sweep", {"n": 2}, slow(0.1))
+    monkeypatch.setenv(RECORD_LOG_ENV, str(notebooks / "02_b.ipynb.records.jsonl"))
+    run_once("sweep", {"n": 1}, slow(5.0))
+    log = [json.loads(line) for line in (notebooks / "01_a.ipynb.records.jsonl").read_text().splitlines()]
+    assert [entry["computed"] for entry in log] == [True, False, True]
+    assert log[0]["run_id"] == log[1]["run_id"] == first["run_id"]
+    assert 0.2 <= first["timings"]["wall_seconds"] < 5.0
+
+    cost = report.compute_cost().set_index("notebook")
+    records = {json.loads(p.read_text())["run_id"]: json.loads(p.read_text()) for p in (tmp_path / "runs" / "sweep").glob("*.json")}
+    wall = {r["config"]["n"]: r["timings"]["wall_seconds"] for r in records.values()}
+    assert cost.loc["01_a", "records"] == 2 and cost.loc["02_b", "records"] == 1
+    assert cost.loc["01_a", "minutes"] == pytest.approx((wall[1] + wall[2]) / 60)
+    assert cost.loc["02_b", "minutes"] == pytest.approx(wall[1] / 60)
+    assert cost.loc["01_a", "untimed records"] == 0

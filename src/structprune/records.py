@@ -14,6 +14,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
@@ -21,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_ENV = "STRUCTPRUNE_RESULTS"
+# When set, every run_once appends a JSON line {experiment, run_id, computed} to this file: which records a
+# notebook used (make reproduce keeps one log per notebook; report.compute_cost sums their recorded times).
+RECORD_LOG_ENV = "STRUCTPRUNE_RECORD_LOG"
 
 
 def results_dir() -> Path:
@@ -162,9 +166,15 @@ def run_once(experiment: str, config: dict, compute: Callable[[], tuple[dict, di
     run left no record (records are atomic), so it is simply run again.
     """
     record = find_record(experiment, config)
-    if record is None:
+    computed = record is None
+    if computed:
+        start = time.perf_counter()
         metrics, timings = compute()
+        timings = {**timings, "wall_seconds": time.perf_counter() - start}
         record = json.loads(write_record(experiment, config, metrics, timings).read_text())
+    if os.environ.get(RECORD_LOG_ENV):
+        with open(os.environ[RECORD_LOG_ENV], "a") as log:
+            log.write(json.dumps({"experiment": experiment, "run_id": record["run_id"], "computed": computed}) + "\n")
     return record
 
 

@@ -238,3 +238,45 @@ def _same_protocol(a: dict, b: dict) -> bool:
     keys = ("threads", "repeats", "prefill_shapes", "decode_batches", "new_tokens")
     return all(a["config"].get(k) == b["config"].get(k) for k in keys)
 
+
+
+def record_seconds(record: dict) -> float | None:
+    """The compute time a record took: run_once's wall time, else (older records) the sum of its timings;
+    None when the record kept no timing (speed records before wall_seconds was recorded)."""
+    timings = {k: v for k, v in (record.get("timings") or {}).items() if isinstance(v, int | float)}
+    if "wall_seconds" in timings:
+        return timings["wall_seconds"]
+    return sum(timings.values()) if timings else None
+
+
+def compute_cost(folder: Path | None = None, root: Path | None = None) -> pd.DataFrame:
+    """What a from-scratch run of each notebook costs, from the records it used.
+
+    `make reproduce` runs each notebook with $STRUCTPRUNE_RECORD_LOG=<executed notebook>.records.jsonl
+    (records.run_once logs every record it reads or writes); this sums the recorded compute time of each
+    notebook's distinct records per machine (cpu_count, "not recorded" for the oldest records)."""
+    import json
+
+    folder = Path(folder or results_dir() / "notebooks")
+    root = Path(root or results_dir() / "runs")
+    rows = []
+    for log in sorted(folder.glob("*.records.jsonl")):
+        notebook = log.name.removesuffix(".records.jsonl").removesuffix(".ipynb")
+        used = {(e["experiment"], e["run_id"]) for e in map(json.loads, log.read_text().splitlines()) if e}
+        for experiment, run_id in sorted(used):
+            path = root / experiment / f"{run_id}.json"
+            if not path.is_file():
+                continue
+            record = json.loads(path.read_text())
+            cpus = record.get("cpu_count")
+            device = str(record.get("device") or "cpu")
+            machine = device if not device.startswith("cpu") else (
+                f"{cpus}-core CPU" if cpus else "CPU, cores not recorded")
+            rows.append({"notebook": notebook, "machine": machine, "seconds": record_seconds(record)})
+    if not rows:
+        return pd.DataFrame(columns=["notebook", "machine", "records", "untimed records", "minutes"])
+    frame = pd.DataFrame(rows)
+    return (frame.groupby(["notebook", "machine"])
+            .agg(records=("seconds", "size"), **{"untimed records": ("seconds", lambda s: int(s.isna().sum()))},
+                 minutes=("seconds", lambda s: s.sum() / 60))
+            .reset_index())
