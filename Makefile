@@ -41,16 +41,20 @@ results/notebooks/%.ipynb: notebooks/%.ipynb $(STAMP)
 	@rm -f $@.records.jsonl
 	STRUCTPRUNE_RECORD_LOG=$@.records.jsonl $(TEST_ENV) $(PY) -m papermill --log-output -k python3 -p profile $(PROFILE) $< $@.tmp.ipynb
 	@mv $@.tmp.ipynb $@
-	$(PY) -m jupyter nbconvert --to html --log-level WARN $@
 
+# HTML exports: one nbconvert process for all executed notebooks (one per notebook cost 5 s each), before 99,
+# whose last cell links them.
 $(REPORT): notebooks/99_report.ipynb $(EXECUTED)
+	$(PY) -m jupyter nbconvert --to html --log-level WARN $(EXECUTED)
 	$(TEST_ENV) $(PY) -m papermill -k python3 -p profile $(PROFILE) $< $@.tmp.ipynb
 	@mv $@.tmp.ipynb $@
 	$(PY) -m jupyter nbconvert --to html --log-level WARN $@
 
-report: $(STAMP)  ## rebuild every table and figure from the committed records (re-renders all notebooks)
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+
+report: $(STAMP)  ## rebuild every table and figure from the committed records (re-renders all notebooks, JOBS in parallel)
 	rm -f $(EXECUTED) $(REPORT)
-	$(MAKE) reproduce
+	$(MAKE) -j $(JOBS) reproduce
 
 test: $(STAMP)  ## unit tests (tiny model), integration tests (embedded model), notebooks through nbval
 	scratch=$$(mktemp -d) && STRUCTPRUNE_RESULTS=$$scratch $(TEST_ENV) $(PY) -m pytest -q --nbval-lax --nbval-current-env tests notebooks; \

