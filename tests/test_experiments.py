@@ -107,6 +107,38 @@ def test_leaderboard_joins_the_records_of_one_pruning_run(tmp_path):
     assert board.loc["Dense", "parameters"] == 100 and pd.isna(board.loc["Dense", "zero-shot avg (50 docs)"])
 
 
+def test_zero_shot_record_names_the_model_not_the_extra_perplexity_sets(tmp_path, monkeypatch):
+    """A pruning record that also measured C4 and the same run on WikiText-2 alone are one model: their
+    zero-shot run is computed once; a record without extra sets keeps its own hash as `of`."""
+    import json
+
+    import torch
+
+    import structprune.experiments as experiments
+    from structprune.records import write_record
+
+    monkeypatch.setenv("STRUCTPRUNE_RESULTS", str(tmp_path))
+    computed = []
+    monkeypatch.setattr(experiments, "rebuild", lambda record: (torch.nn.Linear(2, 3), None))
+    monkeypatch.setattr(experiments, "zero_shot", lambda model, tokenizer, tasks, limit, batch_size:
+                        computed.append(limit) or {"average": 0.5, "seconds": 0.0})
+    plain = {"profile": "default", "model": "embedded", "method": "flap", "ratio": 0.2,
+             "evaluation": {"dataset": "wikitext2", "split": "test", "seqlen": 128, "max_windows": 64}}
+    with_c4 = {**plain, "evaluation": {**plain["evaluation"], "also": ["c4"]}}
+    plain_record, c4_record = (json.loads(write_record("sweep", c, {}).read_text()) for c in (plain, with_c4))
+    assert plain_record["config_hash"] != c4_record["config_hash"]
+    assert experiments.model_identity(plain_record) == (plain_record["config_hash"], plain)
+    assert experiments.model_identity(c4_record) == (plain_record["config_hash"], plain)
+    assert c4_record["config"]["evaluation"]["also"] == ["c4"]  # the record itself is left as it is
+
+    first = experiments.zero_shot_run(c4_record, 50)
+    second = experiments.zero_shot_run(plain_record, 50)
+    assert computed == [50] and first["config_hash"] == second["config_hash"]
+    assert first["config"]["of"] == plain_record["config_hash"] and first["metrics"]["params_after"] == 9
+    experiments.zero_shot_run(plain_record, 25)  # another protocol is another run
+    assert computed == [50, 25]
+
+
 def test_record_log_and_compute_cost_per_notebook(tmp_path, monkeypatch):
     """run_once logs every record it reads or writes; compute_cost sums each notebook's distinct records."""
     import json

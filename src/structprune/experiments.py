@@ -18,7 +18,7 @@ from .allocate import Plan
 from .architectures import count_parameters
 from .evaluate import PAPER_TASKS, perplexity, zero_shot
 from .methods import get_method, prune, resolve_options
-from .records import run_once
+from .records import config_hash, run_once
 from .surgery import apply_plan
 
 
@@ -184,9 +184,24 @@ def rebuild(record: dict):
     return model, tokenizer
 
 
+def model_identity(record: dict) -> tuple[str, dict]:
+    """(hash, config) that name the model of a pruning record, for the runs measured on that model.
+
+    Extra perplexity sets (`evaluation.also`, e.g. notebook 04's C4 column) change what the pruning record
+    measured, not the model, so they are left out: zero-shot and speed records are then shared with the same
+    run evaluated on WikiText-2 alone. A record without them keeps its own hash (existing records stay valid)."""
+    config = record["config"]
+    if "also" not in config.get("evaluation", {}):
+        return record["config_hash"], config
+    config = copy.deepcopy(config)
+    del config["evaluation"]["also"]
+    return config_hash(config), config
+
+
 def zero_shot_run(record: dict, limit: int | None, tasks=PAPER_TASKS, batch_size: int = 8) -> dict:
     """Zero-shot accuracy (lm-eval, the seven paper tasks) of the model of a pruning record."""
-    config = {"of": record["config_hash"], "pruning": record["config"], "tasks": list(tasks), "limit": limit,
+    of, pruning = model_identity(record)
+    config = {"of": of, "pruning": pruning, "tasks": list(tasks), "limit": limit,
               "num_fewshot": 0}
 
     def compute():
@@ -201,7 +216,8 @@ def speed_run(record: dict, threads: int | None = 2, repeats: int = 3, **speed_o
     """Measured speed (structprune.speed.speed) of the model of a pruning record."""
     from .speed import speed
 
-    config = {"of": record["config_hash"], "pruning": record["config"], "threads": threads, "repeats": repeats,
+    of, pruning = model_identity(record)
+    config = {"of": of, "pruning": pruning, "threads": threads, "repeats": repeats,
               **speed_options}
 
     def compute():
