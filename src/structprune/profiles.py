@@ -54,8 +54,8 @@ PROFILES: dict[str, dict[str, Any]] = {
             # FASP: WikiText-2 like the paper, but 32 x 256 tokens instead of 128 x 2048 (its float64 Gram
             # matrices over 262k tokens would take ~20 min per run on the CPU)
             "fasp": ("wikitext2", 32, 256),
-            # CFSP: 32 x 1024 instead of the code's 128 x 1024: notebook 03 makes three passes over these tokens
-            # (CFSP and the same-footing FFN-only FLAP and Wanda-sp), 20 min at 128 x 1024 on the CPU
+            # CFSP: 32 x 1024 instead of the code's 128 x 1024: notebook 03 passes over these tokens for CFSP and
+            # again for its same-footing FFN-only baselines (about 20 min at 128 x 1024 on the CPU)
             "cfsp": ("wikitext2", 32, 1024),
             "magnitude": (None, 0, 0),
             "random": (None, 0, 0),
