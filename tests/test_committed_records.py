@@ -1,0 +1,21 @@
+"""The committed records stay valid: each pruning run's options resolve to themselves under today's method
+defaults and give the label it was recorded with, so its config hash (and every table built on it) holds."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from structprune.methods import get_method, resolve_options
+
+RUNS = Path(__file__).parents[1] / "results" / "runs" / "sweep"
+RECORDS = sorted(RUNS.glob("*.json"))
+
+
+@pytest.mark.parametrize("path", [p for p in RECORDS if json.loads(p.read_text())["config"]["method"] != "dense"],
+                         ids=lambda p: p.stem)
+def test_record_options_resolve_to_themselves(path):
+    config = json.loads(path.read_text())["config"]
+    method = get_method(config["method"])
+    assert resolve_options(method, config["options"]) == config["options"]
+    assert method.label_for(config["options"]) == config["label"]
