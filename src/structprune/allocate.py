@@ -1,17 +1,22 @@
-"""Plans, and the allocation rules that turn unit scores into a plan for a target ratio.
+"""Plans, and the allocation rules that turn unit scores into the units each layer keeps.
 
 A `Plan` is plain data: which KV groups and MLP channels each decoder layer keeps, optional
-compensation biases for o_proj / down_proj, the options that made it, and the parameter count it leads
-to. It round-trips through JSON and can be re-applied to a fresh copy of the model (`apply_plan`).
+compensation biases for o_proj / down_proj, the parts and options that made it, and the parameter count
+it leads to. It round-trips through JSON and can be re-applied to a fresh copy of the model (`apply_plan`).
 
-Allocation rules (pure functions over per-layer score tensors):
-- `uniform_allocation`: remove floor(r * units) lowest-scored units of each kind in every layer
-  (Wanda-sp, magnitude, random; FLAP's UL-UM).
-- `flap_allocation`: FLAP's structures UL-UM, UL-MM, AL-MM, AL-AM (spec flap_wanda_sp_llm_pruner.md §2.4).
-- `global_allocation`: per-layer z-scores and one global threshold over one kind of unit (the FFN-only
-  Wanda-SP and FLAP baselines of CFSP's code, spec saap_cfsp_fasp.md §1.9).
-- `cfsp_keep_ratios` / `cfsp_kept_count`: CFSP's coarse step, sigmoid keep ratios from block importance
-  (spec saap_cfsp_fasp.md §1.4).
+One signature for every allocation rule:
+
+    allocate(scores: list[LayerScores], budget: Budget, evidence, **options) -> Kept
+
+`budget` carries the ratio, the layers' shapes (parameters per unit) and `round_to`. The rules:
+- `uniform`: remove floor(r * units) lowest-scored units of each kind in every layer (Wanda-sp, magnitude,
+  random; FLAP's UL-UM). It needs one layer at a time, so it can run sequentially.
+- `flap`: FLAP's structure search, UL-UM / UL-MM / AL-MM / AL-AM (An et al. 2024, Sec. 3.3, Eq. 9).
+- `global`: per-layer z-scores and one global threshold per kind of unit (CFSP code's FFN baselines).
+- `layer_range`: LLM-Pruner's rule: int(n (1 - r)) units kept in every layer of a range.
+- `cfsp`: CFSP's coarse step, sigmoid keep ratios of the FFN channels from block importance (Eq. 5-6).
+- `saap`: SAAP-style layer choice by importance ranking and fluctuation, at LLM-Pruner's size.
+After any rule, `round_to` rounds every layer's kept channel count (`round_kept`).
 Ratio 0 always keeps every unit: it is the identity (FLAP's code, with its strict threshold, would still
 drop the lowest-scored unit).
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -49,6 +55,10 @@ class Plan:
     # removed (v_proj rows and o_proj columns; units outside whole groups and channels).
     kept_values: list[list[list[int]] | None] | None = None
     value_params_removed: int = 0
+    # The parts that made the plan (score, allocation, compensation and their options, attention unit,
+    # sequential): a compensation that changes kept weights (least squares) is re-run from them by
+    # `apply_plan`, deterministically, on the plan's calibration tokens.
+    parts: dict = field(default_factory=dict)
 
     def __post_init__(self):
         layers = len(self.kept_groups)
@@ -96,8 +106,22 @@ class Plan:
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
 
+    @property
+    def restores_weights(self) -> bool:
+        """True when the plan's compensation rewrites kept weights (re-applying it needs calibration data)."""
+        return (self.parts.get("compensation") or {}).get("name") == "least_squares"
+
     @classmethod
     def from_dict(cls, data: dict) -> Plan:
+        data = dict(data)
+        if "parts" not in data and data.get("method") == "fasp":
+            # FASP-style plans written before plans named their parts: the restoration they ran.
+            options = data.get("options", {})
+            data["parts"] = {"compensation": {"name": "least_squares" if options.get("restore", True) else "none",
+                                              "damping": options.get("damping", 0.01),
+                                              "solver_dtype": options.get("solver_dtype", "float64")},
+                             "sequential": options.get("sequential", True),
+                             "attention_unit": "value_channel" if options.get("attention", True) else "kv_group"}
         return cls(**data)
 
     @classmethod
@@ -157,7 +181,7 @@ FLAP_STRUCTURES = ("UL-UM", "UL-MM", "AL-MM", "AL-AM")
 def flap_allocation(attn_channel_scores: list[torch.Tensor], mlp_scores: list[torch.Tensor], ratio: float,
                     structure: str, shapes: list[LayerShape], group_width: int,
                     remove_groups: int | None = None) -> tuple[list[list[int]], list[list[int]]]:
-    """FLAP's structure search (§2.4), on KV groups (§7.4: a group's score aggregates its query heads).
+    """FLAP's structure search (Sec. 3.3), on KV groups (a group's score aggregates its query heads).
 
     attn_channel_scores: per layer, the (already squared) metric of each o_proj input channel;
     group_width = n_rep * head_dim channels per KV group. mlp_scores: per layer, per channel.
@@ -220,8 +244,8 @@ def flap_allocation(attn_channel_scores: list[torch.Tensor], mlp_scores: list[to
 
 def global_allocation(scores: list[torch.Tensor], ratio: float) -> list[list[int]]:
     """Standardise each layer's scores, then keep the top (1 - r) of all units of the model by one global
-    threshold (CFSP code's `prune_wanda_sp` / `prune_flap_bias` on FFN channels; any layer may lose more or
-    fewer than r of its own units)."""
+    threshold (CFSP's code runs its Wanda-sp and FLAP baselines so, on FFN channels; any layer may lose more
+    or fewer than r of its own units)."""
     if ratio == 0:
         return [list(range(s.numel())) for s in scores]
     flat = torch.cat([standardise(s.detach().cpu()) for s in scores])
@@ -230,7 +254,7 @@ def global_allocation(scores: list[torch.Tensor], ratio: float) -> list[list[int
 
 
 def cfsp_keep_ratios(importance: torch.Tensor, ratio: float, a: float = 1.0, scale: float = 1e4) -> torch.Tensor:
-    """CFSP's coarse allocation (§1.4): per-block FFN keep ratios whose mean is exactly 1 - r.
+    """CFSP's coarse allocation (Eq. 5-6 as its code computes them): per-block FFN keep ratios whose mean is exactly 1 - r.
 
     s_l = sigmoid(a (I_l - mean I) / 1e4) over the block importances I_l (sums of angular distances over
     the calibration tokens); if a block would keep more than everything (max s / mean s * (1 - r) >= 1),
@@ -265,3 +289,251 @@ def _split_global(kept: set[int], sizes: list[int]) -> list[list[int]]:
         out.append([i - offset for i in range(offset, offset + size) if i in kept])
         offset += size
     return out
+
+
+# --- one signature for every rule ------------------------------------------------------------------------------
+
+@dataclass
+class Budget:
+    """What an allocation rule is asked for: remove `ratio` of the units (as each rule reads it) of layers
+    with these shapes, rounding kept channel counts to multiples of `round_to`."""
+
+    ratio: float
+    shapes: list[LayerShape]
+    group_width: int  # o_proj input columns per KV group (n_rep * head_dim)
+    params_before: int  # the whole model's parameters
+    round_to: int = 1
+
+
+@dataclass
+class Kept:
+    """Per layer, the sorted indices of the KV groups and MLP channels kept; `extras`: numbers behind the
+    choice (block importance, keep ratios, chosen layers) for figures and recovery."""
+
+    groups: list[list[int]]
+    channels: list[list[int]]
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    name: str
+    fn: Callable[..., Kept]
+    needs: frozenset[str] = frozenset()  # evidence kinds beyond the scores: "block_importance", "batch_taylor"
+    defaults: dict = field(default_factory=dict)
+    option_help: dict = field(default_factory=dict)
+    summary: str = ""
+    layerwise: bool = False  # needs one layer's scores at a time: can run in a sequential pass
+    # The layers whose units it may remove (default: all); gradients are taken for those only.
+    layers: Callable[[int, dict], range] | None = None
+
+
+def _all_kept(shapes: list[LayerShape]) -> Kept:
+    return Kept([list(range(s.kv_groups)) for s in shapes], [list(range(s.channels)) for s in shapes])
+
+
+def uniform(scores, budget: Budget, evidence=None) -> Kept:
+    groups, channels = uniform_allocation([s.groups for s in scores], [s.channels for s in scores], budget.ratio)
+    return Kept(groups, channels)
+
+
+def flap(scores, budget: Budget, evidence=None, structure: str = "AL-AM", remove_groups: int | None = None) -> Kept:
+    """FLAP's structures over o_proj column scores (squared, as FLAP's code squares its attention metric)
+    and channel scores; a score without columns (Taylor) enters with one column per group."""
+    columns = [(s.columns if s.columns is not None else s.groups) ** 2 for s in scores]
+    width = budget.group_width if all(s.columns is not None for s in scores) else 1
+    groups, channels = flap_allocation(columns, [s.channels for s in scores], budget.ratio, structure,
+                                       budget.shapes, width, remove_groups)
+    return Kept(groups, channels)
+
+
+def global_threshold(scores, budget: Budget, evidence=None) -> Kept:
+    return Kept(global_allocation([s.groups for s in scores], budget.ratio),
+                global_allocation([s.channels for s in scores], budget.ratio))
+
+
+# LLM-Pruner: a uniform per-group ratio inside a layer range.
+
+def default_layer_range(num_layers: int) -> tuple[int, int]:
+    """LLM-Pruner's LLaMA-7B range, layers [4, 30) of 32, scaled to the model's depth."""
+    return round(4 * num_layers / 32), round(30 * num_layers / 32)
+
+
+def pruned_layer_range(num_layers: int, options: dict) -> range:
+    start, end = default_layer_range(num_layers)
+    layer_start, layer_end = options.get("layer_start"), options.get("layer_end")
+    layers = range(start if layer_start is None else layer_start, end if layer_end is None else layer_end)
+    if not (0 <= layers.start < layers.stop <= num_layers):
+        raise ValueError(f"layer range [{layers.start}, {layers.stop}) is not inside the model's {num_layers} layers")
+    return layers
+
+
+def removed_in_range(shapes: list[LayerShape], layers: range, ratio: float) -> int:
+    """Parameters LLM-Pruner's rule removes at per-group ratio r in `layers`."""
+    return sum((s.kv_groups - int(s.kv_groups * (1 - ratio))) * s.group_params
+               + (s.channels - int(s.channels * (1 - ratio))) * s.channel_params for i, s in enumerate(shapes)
+               if i in layers)
+
+
+def ratio_for_target(shapes: list[LayerShape], layers: range, target_params: float, params_before: int) -> float:
+    """The per-group ratio whose removal is closest to `target_params` x all parameters of the model."""
+    goal = target_params * params_before
+    candidates = [r / 1000 for r in range(1000)]
+    return min(candidates, key=lambda r: (abs(removed_in_range(shapes, layers, r) - goal), r))
+
+
+def layer_range(scores, budget: Budget, evidence=None, layer_start: int | None = None, layer_end: int | None = None,
+                target_params: float | None = None) -> Kept:
+    layers = pruned_layer_range(len(budget.shapes), {"layer_start": layer_start, "layer_end": layer_end})
+    ratio = budget.ratio
+    if target_params is not None:
+        if not 0 <= target_params < 1:
+            raise ValueError(f"target_params must be a fraction in [0, 1) of all parameters, got {target_params}")
+        ratio = ratio_for_target(budget.shapes, layers, target_params, budget.params_before)
+    kept = _all_kept(budget.shapes)
+    for index in layers:
+        groups, channels = scores[index].groups, scores[index].channels
+        kept.groups[index] = keep_highest(groups, int(groups.numel() * (1 - ratio)))
+        kept.channels[index] = keep_highest(channels, int(channels.numel() * (1 - ratio)))
+    kept.extras = {"per_group_ratio": ratio, "layer_start": layers.start, "layer_end": layers.stop}
+    return kept
+
+
+# CFSP: block importance -> sigmoid keep ratios of the FFN channels.
+
+def cfsp(scores, budget: Budget, evidence, a: float = 1.0, block_metric: str = "angular",
+         importance_tokens: int | None = None) -> Kept:
+    """Each block keeps its top cfsp_kept_count(m, keep_l, round_to) channels; attention is untouched."""
+    importance = evidence.block_importance
+    if importance_tokens:  # the code's 1e4 constant is tied to its 131,072 tokens: rescale the sum
+        importance = importance / evidence.tokens * importance_tokens
+    keep_ratios = cfsp_keep_ratios(importance, budget.ratio, a)
+    kept = _all_kept(budget.shapes)
+    kept.channels = [keep_highest(s.channels, cfsp_kept_count(s.channels.numel(), float(keep), budget.round_to))
+                     for s, keep in zip(scores, keep_ratios, strict=True)]
+    kept.extras = {"block_importance": importance.tolist(), "keep_ratios": keep_ratios.tolist(),
+                   "calibration_tokens": evidence.tokens}
+    return kept
+
+
+# SAAP-style: which layers to prune, by importance ranking and fluctuation over calibration batches.
+
+def fluctuation(batch_means: torch.Tensor) -> torch.Tensor:
+    """Importance fluctuation indicator per layer: coefficient of variation of M_l over calibration batches
+    (batch_means: [batches, layers]); 0 with a single batch."""
+    if batch_means.shape[0] < 2:
+        return torch.zeros(batch_means.shape[1], dtype=torch.float64)
+    mean = batch_means.mean(0)
+    return batch_means.std(0) / mean.clamp_min(1e-300)
+
+
+def layer_importance(group_fused: list[torch.Tensor], channel_fused: list[torch.Tensor]) -> torch.Tensor:
+    """M_l: mean fused score of the layer's groups and of its channels, each type over its mean across layers."""
+    groups = torch.tensor([g.mean().item() if g.numel() else 0.0 for g in group_fused], dtype=torch.float64)
+    channels = torch.tensor([c.mean().item() if c.numel() else 0.0 for c in channel_fused], dtype=torch.float64)
+    return groups / groups.mean().clamp_min(1e-300) + channels / channels.mean().clamp_min(1e-300)
+
+
+def choose_layers(importance: torch.Tensor, fluctuating: torch.Tensor, excluded: int, layer_params: list[int],
+                  target: float, max_layer_ratio: float) -> list[int]:
+    """The fewest least-important candidate layers (the `excluded` most fluctuating are not candidates) that
+    can give `target` parameters with a per-layer fraction of at most `max_layer_ratio`; all candidates if
+    even they cannot."""
+    order_f = torch.sort(fluctuating, descending=True, stable=True).indices.tolist()
+    candidates = sorted(set(range(len(importance))) - set(order_f[:excluded]), key=lambda i: (importance[i].item(), i))
+    chosen: list[int] = []
+    for layer in candidates:
+        chosen.append(layer)
+        if sum(layer_params[i] for i in chosen) * max_layer_ratio >= target:
+            break
+    return sorted(chosen)
+
+
+def allocate_removals(group_scores: list[torch.Tensor], channel_scores: list[torch.Tensor], chosen: list[int],
+                      shapes: list[LayerShape], target: float) -> tuple[list[list[int]], list[list[int]]]:
+    """Kept units: in the chosen layers, the same fraction of KV groups, rounded down, then MLP channels spread
+    evenly (extra ones to the least important layers first) so the removed parameters are within one channel
+    of `target`."""
+    kept_groups = [list(range(s.kv_groups)) for s in shapes]
+    kept_channels = [list(range(s.channels)) for s in shapes]
+    if not chosen or target <= 0:
+        return kept_groups, kept_channels
+    chosen_params = sum(shapes[i].params for i in chosen)
+    fraction = min(target / chosen_params, 1.0)
+    removed = 0
+    for i in chosen:
+        drop = math.floor(fraction * shapes[i].kv_groups)
+        kept_groups[i] = keep_highest(group_scores[i], shapes[i].kv_groups - drop)
+        removed += drop * shapes[i].group_params
+    channel_params = shapes[chosen[0]].channel_params
+    to_remove = min(max(round((target - removed) / channel_params), 0), sum(shapes[i].channels - 1 for i in chosen))
+    base, extra = divmod(to_remove, len(chosen))
+    counts = {i: base + (rank < extra) for rank, i in enumerate(chosen)}
+    overflow = sum(max(c - (shapes[i].channels - 1), 0) for i, c in counts.items())
+    counts = {i: min(c, shapes[i].channels - 1) for i, c in counts.items()}
+    for i in chosen:  # channels a full layer could not take go to the others
+        room = shapes[i].channels - 1 - counts[i]
+        take = min(room, overflow)
+        counts[i] += take
+        overflow -= take
+    for i in chosen:
+        kept_channels[i] = keep_highest(channel_scores[i], shapes[i].channels - counts[i])
+    return kept_groups, kept_channels
+
+
+def saap(scores, budget: Budget, evidence, excluded: int | None = None, max_layer_ratio: float | None = None,
+         layer_fusion: str = "closed") -> Kept:
+    """Layers ranked by M_l (Taylor importances fused per module type across layers: fused per layer, every
+    layer's mean would be the same constant and rank nothing); the `excluded` most fluctuating layers are
+    never pruned; the fewest least important others take LLM-Pruner's parameter count at the same ratio."""
+    from .scores import fuse, mean_batch_taylor
+
+    shapes, ratio = budget.shapes, budget.ratio
+    num_layers = len(shapes)
+    start, end = default_layer_range(num_layers)
+    excluded = num_layers - (end - start) if excluded is None else excluded
+    max_layer_ratio = min(1.5 * ratio, 0.9) if max_layer_ratio is None else max_layer_ratio
+    target = removed_in_range(shapes, range(start, end), ratio)
+    mean = mean_batch_taylor(evidence)
+    importance = layer_importance(*fuse(mean["vectorize"], mean["param_first"], "type", layer_fusion))
+    batch_importance = torch.stack([layer_importance(*fuse(b["vectorize"], b["param_first"], "type", "closed"))
+                                    for b in evidence.batch_taylor])
+    fluctuating = fluctuation(batch_importance)
+    chosen = choose_layers(importance, fluctuating, excluded, [s.params for s in shapes], target, max_layer_ratio) \
+        if ratio > 0 else []
+    groups, channels = allocate_removals([s.groups for s in scores], [s.channels for s in scores], chosen, shapes,
+                                         target)
+    return Kept(groups, channels, {"layer_importance": importance.tolist(), "fluctuation": fluctuating.tolist(),
+                                   "chosen_layers": chosen, "target_params_removed": target,
+                                   "excluded": excluded, "max_layer_ratio": max_layer_ratio})
+
+
+ALLOCATIONS: dict[str, Allocation] = {rule.name: rule for rule in (
+    Allocation("uniform", uniform, summary="floor(r x units) lowest units of each kind removed in every layer",
+               layerwise=True),
+    Allocation("flap", flap, defaults={"structure": "AL-AM", "remove_groups": None},
+               option_help={"structure": " | ".join(FLAP_STRUCTURES),
+                            "remove_groups": "KV groups to remove in all (UL-MM, AL-MM); default round(r x groups)"},
+               summary="FLAP's structure search: per-layer z-scores, one global threshold weighted by parameters"),
+    Allocation("global", global_threshold,
+               summary="per-layer z-scores, one global threshold per kind of unit keeping 1 - r of them"),
+    Allocation("layer_range", layer_range, defaults={"layer_start": None, "layer_end": None, "target_params": None},
+               option_help={"layer_start": "first pruned layer (default: 4/32 of the depth)",
+                            "layer_end": "end of the pruned range, exclusive (default: 30/32 of the depth)",
+                            "target_params": "a whole-model parameter fraction instead of the per-group ratio"},
+               summary="LLM-Pruner: int(n (1 - r)) units kept in every layer of a range",
+               layers=pruned_layer_range),
+    Allocation("cfsp", cfsp, frozenset({"block_importance"}),
+               {"a": 1.0, "block_metric": "angular", "importance_tokens": None},
+               {"a": "sigmoid sharpness of the block allocation (code default 1)",
+                "block_metric": "angular | cosine | mse | mae (block input vs output)",
+                "importance_tokens": "rescale block importance sums to this many tokens (the code's 1e4 constant "
+                                     "assumes 131,072); None: the raw sum, as the code"},
+               summary="CFSP: sigmoid per-block FFN keep ratios from angular block importance (FFN only)"),
+    Allocation("saap", saap, frozenset({"batch_taylor"}),
+               {"excluded": None, "max_layer_ratio": None, "layer_fusion": "closed"},
+               {"excluded": "most fluctuating layers never pruned (default: as many as LLM-Pruner's range leaves out)",
+                "max_layer_ratio": "largest fraction of a chosen layer's weights removed (default 1.5 r, at most 0.9)",
+                "layer_fusion": "closed | learned: the fusion that ranks layers"},
+               summary="SAAP-style: least important, least fluctuating layers, at LLM-Pruner's size"),
+)}

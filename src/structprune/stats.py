@@ -7,6 +7,9 @@
    dense model. Sequential mode (Wanda-sp, FASP): a callback prunes the layer, which is then re-run so the
    next layer sees the pruned layer's outputs.
 Only one decoder layer's activations are resident. Works on CPU, CUDA and accelerate device maps.
+
+Besides the input statistics: block distances (a block's input against its output, CFSP's block importance)
+through `on_block`, and LM-loss gradients of the prunable linears (Taylor scores) through `lm_loss_gradients`.
 """
 
 from __future__ import annotations
@@ -220,3 +223,66 @@ def collect_statistics(
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     return all_stats
+
+
+def block_distance(inputs: torch.Tensor, outputs: torch.Tensor, metric: str = "angular") -> torch.Tensor:
+    """Per-token distance between a block's input and output hidden states [..., hidden], in float64.
+
+    angular: arccos(cos) / pi in [0, 1] (a zero vector's NaN cosine counts as 0.5, as CFSP's code);
+    cosine: 1 - cos; mse / mae: mean squared / absolute difference over the hidden axis.
+    """
+    x, y = inputs.detach().double(), outputs.detach().double()
+    if metric in ("angular", "cosine"):
+        cos = (x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1))
+        if metric == "cosine":
+            return torch.nan_to_num(1 - cos, nan=1.0)
+        return torch.nan_to_num(torch.arccos(cos.clamp(-1, 1)) / torch.pi, nan=0.5)
+    if metric == "mse":
+        return (x - y).pow(2).mean(-1)
+    if metric == "mae":
+        return (x - y).abs().mean(-1)
+    raise ValueError(f"unknown block metric {metric!r}: choose one of {', '.join(BLOCK_METRICS)}")
+
+
+BLOCK_METRICS = ("angular", "cosine", "mse", "mae")
+
+
+def lm_loss(model, ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over all predicted tokens (labels = inputs), computed in at least
+    float32 (half-precision logits are upcast, float64 ones kept)."""
+    logits = model(ids, use_cache=False).logits
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+
+
+def lm_loss_gradients(model, calibration: torch.Tensor, layers: Sequence[int], second_order: bool):
+    """Gradients (and, if asked, the diagonal Fisher: the mean over samples of (dL_n/dW)^2, one backward per
+    sample) of the LM loss for the prunable linears of `layers` only; every other parameter is frozen, so no
+    gradient memory is spent on it. Returns ({linear: dL/dW}, {linear: Fisher diagonal} or None)."""
+    from .scores import coupled_members
+
+    linears = [m for i in layers for m in coupled_members(model, i).values()]
+    saved = {p: p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for m in linears:
+        m.weight.requires_grad_(True)
+    device = next(model.parameters()).device
+    ids = calibration.to(device)
+    fisher = {m: torch.zeros_like(m.weight, dtype=torch.float64) for m in linears} if second_order else None
+    try:
+        if second_order:
+            for sample in ids:
+                model.zero_grad(set_to_none=True)
+                lm_loss(model, sample[None]).backward()
+                for m in linears:
+                    fisher[m] += m.weight.grad.double() ** 2 / ids.shape[0]
+        model.zero_grad(set_to_none=True)
+        lm_loss(model, ids).backward()
+        grads = {m: m.weight.grad.double() for m in linears}
+    finally:
+        model.zero_grad(set_to_none=True)
+        for p, flag in saved.items():
+            p.requires_grad_(flag)
+    return grads, fisher

@@ -195,8 +195,19 @@ def finalize_pruned(model):
     return model
 
 
-def apply_plan(model, plan: Plan):
-    """Apply a plan to a model (in place) and return the pruned model."""
+def apply_plan(model, plan: Plan, calibration: torch.Tensor | None = None):
+    """Apply a plan to a model (in place) and return the pruned model.
+
+    A plan whose compensation rewrites kept weights (least squares) is replayed: the same cuts, and the
+    restoration computed again from `calibration`, the token ids the plan was made with."""
+    if plan.restores_weights:
+        if calibration is None:
+            raise ValueError(f"the {plan.method} plan refits kept weights by least squares: pass calibration= (the "
+                             "token ids it was pruned with) so that apply_plan can recompute them")
+        from .pipeline import replay
+
+        replay(model, plan, calibration)
+        return model
     layers = decoder_layers(model)
     if len(plan.kept_groups) != len(layers):
         raise ValueError(f"the plan has {len(plan.kept_groups)} layers, the model {len(layers)}")

@@ -1,56 +1,29 @@
-"""The method registry and `prune`, the public entry point.
+"""The paper methods, and `prune`, the public entry point.
 
-Each method is a short recipe in its own file that reads like its paper's algorithm box. A recipe has
-the signature `recipe(model, ratio, calibration, **options) -> Plan`: it prunes the model in place
-(so sequential methods can re-run pruned layers) and returns the plan it applied.
+Each method file is a declaration: its parts (score, allocation, compensation; `structprune.pipeline`) as a
+function of its options, whose keyword defaults are the paper's, its calibration set, and its docstring,
+the paper's algorithm box. `prune` runs a method, or any `Composition` of parts, through the one pipeline.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from ..allocate import Plan, check_ratio
 from ..architectures import adapter_for, count_parameters
+from ..pipeline import Composition, run
+from . import cfsp, fasp, flap, llm_pruner, magnitude, random_sp, saap, wanda_sp
+from .base import Method
 
+METHODS: dict[str, Method] = {module.METHOD.name: module.METHOD for module in (
+    flap, wanda_sp, llm_pruner, magnitude, random_sp, cfsp, fasp, saap)}
 
-@dataclass(frozen=True)
-class Method:
-    name: str
-    label: str  # how outputs name the method ("-style" where the spec says the original is not confirmed)
-    recipe: Callable[..., Plan]
-    defaults: dict  # every option and its paper default
-    calibration: tuple[str | None, int, int]  # the paper's (dataset, nsamples, seqlen); dataset None = no data
-    summary: str
-    source: str = ""
-    option_help: dict = field(default_factory=dict)
-    # False when the method also changes kept weights (FASP's restoration): its plan alone does not
-    # rebuild the pruned model, so experiments re-run the (deterministic) pruning instead.
-    plan_rebuilds_model: bool = True
-    label_of: Callable[[dict], str] | None = None  # the label of a variant chosen by options
-
-    def label_for(self, options: dict) -> str:
-        """How outputs name this method run with `options` (e.g. "Wanda-sp (FFN, global)")."""
-        return self.label_of(options) if self.label_of else self.label
-
-
-def ffn_variant_label(base: str, options: dict) -> str:
-    """`base`, marked when options restrict it to FFN channels or a global threshold (CFSP's baselines)."""
-    marks = [m for m, on in (("FFN", options.get("attention") is False),
-                             ("global", options.get("allocation") == "global")) if on]
-    return f"{base} ({', '.join(marks)})" if marks else base
-
-
-METHODS: dict[str, Method] = {}
-
-
-def register(method: Method) -> Method:
-    METHODS[method.name] = method
-    return method
+# Where a composition calibrates unless told otherwise (FLAP's and LLM-Pruner's window length).
+COMPOSITION_CALIBRATION = ("wikitext2", 128, 128)
 
 
 def get_method(name: str) -> Method:
@@ -61,11 +34,12 @@ def get_method(name: str) -> Method:
 
 def resolve_options(method: Method, options: dict) -> dict:
     """The method's defaults updated by `options`; unknown options fail, listing the valid ones."""
-    unknown = sorted(set(options) - set(method.defaults))
+    defaults = method.defaults
+    unknown = sorted(set(options) - set(defaults))
     if unknown:
-        valid = ", ".join(f"{k} (default {v!r})" for k, v in method.defaults.items()) or "none"
+        valid = ", ".join(f"{k} (default {v!r})" for k, v in defaults.items()) or "none"
         raise ValueError(f"unknown option(s) {', '.join(unknown)} for method {method.name!r}; valid options: {valid}")
-    return {**method.defaults, **options}
+    return {**defaults, **options}
 
 
 @dataclass
@@ -97,35 +71,49 @@ def check_finite_weights(model) -> None:
                                  "(in float32) before pruning")
 
 
-def prune(model, method: str, ratio: float, calibration: torch.Tensor | str | None = None, tokenizer=None,
-          nsamples: int | None = None, seqlen: int | None = None, seed: int = 0, data_path=None,
-          **options) -> PruneResult:
-    """Prune `model` in place with a registered method and return the result (plan, timings, parameters).
-
-    calibration: a [samples, tokens] tensor of token ids, or a dataset name (wikitext2, ptb, c4,
-    bookcorpus) read with `tokenizer`; default: the method's paper calibration set. nsamples/seqlen
-    default to the paper's. Options not given take the method's paper defaults (`structprune methods`).
-    """
+def method_parts(method: str | Composition, options: dict, seed: int | None) -> tuple[str, str, dict, Composition, tuple]:
+    """(name, label, resolved options, composition, paper calibration) of a method name or a composition."""
+    if isinstance(method, Composition):
+        if options:
+            raise ValueError(f"options {', '.join(sorted(options))} go into compose(...), not prune(...)")
+        composition = method.check()
+        return "composed", composition.label, composition.describe(), composition, COMPOSITION_CALIBRATION
     spec = get_method(method)
-    ratio = check_ratio(ratio)
-    if "seed" in spec.defaults:  # methods that draw random numbers follow the run's seed
+    if seed is not None and "seed" in spec.defaults:  # methods that draw random numbers follow a given seed
         options.setdefault("seed", seed)
     options = resolve_options(spec, options)
+    return spec.name, spec.label_for(options), options, spec.parts(**options), spec.calibration
+
+
+def prune(model, method: str | Composition, ratio: float, calibration: torch.Tensor | str | None = None,
+          tokenizer=None, nsamples: int | None = None, seqlen: int | None = None, seed: int | None = None,
+          data_path=None, **options) -> PruneResult:
+    """Prune `model` in place with a paper method (by name) or a `compose(...)`d one; the result (plan,
+    timings, parameters).
+
+    calibration: a [samples, tokens] tensor of token ids, or a dataset name (wikitext2, ptb, c4, bookcorpus)
+    read with `tokenizer`; default: the method's paper calibration set (compositions: WikiText-2, 128 x 128).
+    nsamples/seqlen default to the paper's. seed: the calibration sample (default 0) and, when given, the
+    seed of methods that draw random numbers (otherwise their own default). Options not given take the
+    method's paper defaults (`structprune methods`).
+    """
+    name, label, options, composition, (dataset, paper_nsamples, paper_seqlen) = method_parts(method, options, seed)
+    seed = 0 if seed is None else seed
+    ratio = check_ratio(ratio)
     adapter_for(model)  # unsupported architecture: fail before any work
     check_finite_weights(model)
-    dataset, paper_nsamples, paper_seqlen = spec.calibration
     info: dict = {"dataset": None}
     if isinstance(calibration, torch.Tensor):
         ids = calibration
         info = {"dataset": "tensor", "nsamples": ids.shape[0], "seqlen": ids.shape[1]}
-    elif dataset is None and calibration is None:
+    elif not composition.needs_data():
         ids = None
     else:
         from ..data import calibration_batches, calibration_split
 
         dataset = calibration or dataset
         if tokenizer is None:
-            raise ValueError(f"method {method!r} calibrates on {dataset!r}: pass tokenizer= (or a tensor of token ids)")
+            raise ValueError(f"method {name!r} calibrates on {dataset!r}: pass tokenizer= (or a tensor of token ids)")
         nsamples, seqlen = nsamples or paper_nsamples, seqlen or paper_seqlen
         ids = calibration_batches(tokenizer, dataset, nsamples, seqlen, seed, data_path)
         info = {"dataset": dataset, "split": calibration_split(dataset, data_path), "nsamples": nsamples,
@@ -138,13 +126,13 @@ def prune(model, method: str, ratio: float, calibration: torch.Tensor | str | No
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     torch.manual_seed(seed)
-    plan = spec.recipe(model, ratio, ids, **options)
+    plan = run(model, ratio, ids, composition, method=name, options=options)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     if ratio > 0 and plan.params_removed == 0:
         shapes = sorted({(len(g), len(c)) for g, c in zip(plan.kept_groups, plan.kept_channels, strict=True)})
-        raise ValueError(f"{method} at ratio {ratio} removes no unit of this model (layers keep (KV groups, "
+        raise ValueError(f"{label} at ratio {ratio} removes no unit of this model (layers keep (KV groups, "
                          f"channels) = {shapes}): the model is too small for this ratio, since whole units are "
                          "removed; ask for a larger ratio")
     if cuda:
@@ -153,10 +141,6 @@ def prune(model, method: str, ratio: float, calibration: torch.Tensor | str | No
         import resource
 
         peak = {"process_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    return PruneResult(model=model, plan=plan, method=method, label=spec.label_for(options), ratio=ratio, options=options,
+    return PruneResult(model=model, plan=plan, method=name, label=label, ratio=ratio, options=options,
                        calibration=info, seconds=seconds, params_before=params_before,
                        params_after=count_parameters(model), peak_memory=peak)
-
-
-# Register the recipes (each file calls `register`).
-from . import cfsp, fasp, flap, llm_pruner, magnitude, random_sp, saap, wanda_sp  # noqa: E402,F401

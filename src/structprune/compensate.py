@@ -1,0 +1,91 @@
+"""Compensations: what a cut changes in the kept part of the next linear, o_proj or down_proj.
+
+One signature for every compensation, per linear whose input columns were cut:
+
+    compensate(weight, stats, kept_columns, **options) -> Compensation
+
+`weight` is the dense linear's [out, in] weight, `stats` the `ChannelStats` of its inputs and
+`kept_columns` the sorted input columns that stay. A compensation returns a bias to add, new weights for
+the kept columns, or neither (nothing was removed, or "none").
+- `none`: nothing changes (Wanda-sp, LLM-Pruner, CFSP).
+- `mean_bias`: B_0 = W[:, removed] mean(X[removed]), the removed inputs' mean output (FLAP Eq. 10).
+- `least_squares`: W_S <- W G[:, S] (G[S, S] + lambda I)^-1 with G = X^T X, the kept columns that best
+  reproduce the dense output (FASP Sec. 3.3); lambda = damping x mean diag G[S, S].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Compensation:
+    bias: list[float] | None = None  # added to the linear's bias (hidden size)
+    weight: torch.Tensor | None = None  # [out, kept columns]: replaces the kept columns' weights
+
+
+@dataclass(frozen=True)
+class CompensationRule:
+    name: str
+    fn: Callable[..., Compensation]
+    needs: frozenset[str] = frozenset()  # "gram": the statistics pass also accumulates X^T X
+    defaults: dict = field(default_factory=dict)
+    option_help: dict = field(default_factory=dict)
+    summary: str = ""
+
+
+def _removed(columns: int, kept: torch.Tensor) -> torch.Tensor:
+    removed = torch.ones(columns, dtype=torch.bool)
+    removed[kept] = False
+    return removed
+
+
+def none(weight: torch.Tensor, stats, kept: torch.Tensor) -> Compensation:
+    return Compensation()
+
+
+def mean_bias(weight: torch.Tensor, stats, kept: torch.Tensor) -> Compensation:
+    """B_0 = W[:, removed] @ mean[removed] (FLAP Eq. 10), in float64."""
+    removed = _removed(weight.shape[1], kept)
+    if not removed.any():
+        return Compensation()
+    weight = weight.detach().to(torch.float64)
+    columns = removed.to(weight.device)
+    return Compensation(bias=(weight[:, columns] @ stats.mean.to(weight.device)[columns]).cpu().tolist())
+
+
+SOLVER_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def restore_columns(weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor, damping: float = 0.01,
+                    dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """argmin_V ||W X - V X_S||^2 (+ lambda ||V||^2): V = W G[:, S] (G[S, S] + lambda I)^-1, by Cholesky."""
+    gram = gram.to(dtype)
+    kept = kept.to(gram.device)
+    g_ss = gram.index_select(0, kept).index_select(1, kept)
+    g_ss = g_ss + damping * g_ss.diagonal().mean() * torch.eye(len(kept), dtype=dtype, device=gram.device)
+    rhs = weight.detach().to(device=gram.device, dtype=dtype) @ gram.index_select(1, kept)  # [out, |S|]
+    factor = torch.linalg.cholesky(g_ss)
+    return torch.cholesky_solve(rhs.T, factor).T
+
+
+def least_squares(weight: torch.Tensor, stats, kept: torch.Tensor, damping: float = 0.01,
+                  solver_dtype: str = "float64") -> Compensation:
+    if solver_dtype not in SOLVER_DTYPES:
+        raise ValueError(f"unknown solver_dtype {solver_dtype!r}: choose one of {', '.join(SOLVER_DTYPES)}")
+    if len(kept) == weight.shape[1] or len(kept) == 0:  # nothing removed, or nothing left to restore
+        return Compensation()
+    return Compensation(weight=restore_columns(weight, stats.gram, kept, damping, SOLVER_DTYPES[solver_dtype]))
+
+
+COMPENSATIONS: dict[str, CompensationRule] = {rule.name: rule for rule in (
+    CompensationRule("none", none, summary="kept weights unchanged"),
+    CompensationRule("mean_bias", mean_bias, frozenset({"stats"}), summary="FLAP: removed inputs' mean output folded into a bias"),
+    CompensationRule("least_squares", least_squares, frozenset({"stats", "gram"}), {"damping": 0.01, "solver_dtype": "float64"},
+                     {"damping": "lambda = damping x mean diag G[S, S] (0: plain least squares)",
+                      "solver_dtype": "float64 | float32 Cholesky solve"},
+                     summary="FASP: kept columns refitted to the dense output by least squares"),
+)}

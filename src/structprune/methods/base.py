@@ -1,0 +1,47 @@
+"""What a paper method is: a name, its parts as a function of its options, and its paper defaults."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..pipeline import Composition
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    label: str  # how outputs name the method ("-style" where details of the original are inferred)
+    # The method's options -> its parts. Its keyword defaults are the paper's defaults: the one place they live.
+    parts: Callable[..., Composition]
+    calibration: tuple[str | None, int, int]  # the paper's (dataset, nsamples, seqlen); dataset None = no data
+    summary: str
+    source: str = ""
+    option_help: dict = field(default_factory=dict)
+    label_of: Callable[[dict], str] | None = None  # the label of a variant chosen by options
+
+    @property
+    def defaults(self) -> dict:
+        """Every option and its paper default, read from `parts`' signature."""
+        return {name: p.default for name, p in inspect.signature(self.parts).parameters.items()}
+
+    def label_for(self, options: dict) -> str:
+        """How outputs name this method run with `options` (e.g. "Wanda-sp (FFN, global)")."""
+        return self.label_of(options) if self.label_of else self.label
+
+
+def ffn_variant_label(base: str) -> Callable[[dict], str]:
+    """Labels of `base` marked when options restrict it to FFN channels or a global threshold (CFSP's baselines)."""
+    def label(options: dict) -> str:
+        marks = [m for m, on in (("FFN", options.get("attention") is False),
+                                 ("global", options.get("allocation") == "global")) if on]
+        return f"{base} ({', '.join(marks)})" if marks else base
+
+    return label
+
+
+def choice(name: str, value, valid: tuple) -> None:
+    """Refuse an option value outside its choices, listing them."""
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(map(str, valid))}")

@@ -1,0 +1,395 @@
+"""Compositions of parts, and the one pruning pipeline that runs them.
+
+Every method is a `Composition`: a score (`scores.SCORES`), an allocation (`allocate.ALLOCATIONS`) and a
+compensation (`compensate.COMPENSATIONS`), each with its options, plus how the pass runs:
+
+    evidence  <- calibration passes: gradients (Taylor scores) and per-batch importances first, on the
+                 dense model; then the layer-by-layer statistics pass (o_proj / down_proj inputs, Gram
+                 matrices, block distances), one-shot on the dense model or sequential
+    scores    <- score(model, layer, evidence) for every layer
+    kept      <- allocation(scores, budget, evidence), then round_to on every layer's channel count
+    cut       <- per layer: compensation of o_proj / down_proj on the kept columns, then surgery
+
+Sequential (Wanda-sp, FASP): each layer is scored, allocated, compensated and cut as the statistics pass
+reaches it, so the next layer calibrates on the pruned outputs; it needs a layer-wise allocation.
+A plan records the parts; a compensation that rewrites kept weights (least squares) is re-run from the
+plan and the calibration tokens by `replay`, so every plan rebuilds its model.
+
+    structprune.prune(model, structprune.compose(score="wifv", allocation="cfsp",
+                                                 compensation="least_squares"), 0.3, calibration=ids)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .allocate import ALLOCATIONS, Budget, Plan, keep_highest, round_kept
+from .architectures import (
+    adapter_for,
+    attention_of,
+    count_parameters,
+    decoder_layers,
+    head_dim,
+    layer_shapes,
+    queries_per_group,
+    value_head_dim,
+)
+from .compensate import COMPENSATIONS, Compensation
+from .scores import SCORE_ALIASES, SCORES, down_proj, group_scores, group_width, o_proj, output_linears, score_needs
+from .stats import BLOCK_METRICS, ChannelStats, block_distance, collect_statistics, lm_loss_gradients, statistics_key
+
+ATTENTION_UNITS = ("kv_group", "value_channel")
+# Scores that give o_proj column scores, which value-channel units regroup.
+COLUMN_SCORES = ("magnitude", "wanda", "ifv", "wifv", "activation", "activation_relative")
+DATA_EVIDENCE = frozenset({"stats", "gram", "gradients", "fisher", "batch_taylor", "block_importance"})
+GRADIENT_EVIDENCE = frozenset({"gradients", "fisher", "batch_taylor"})
+
+
+@dataclass(frozen=True)
+class Composition:
+    """A pruning method as parts. Plain data: `describe()` is what plans and records store."""
+
+    score: str = "wanda"
+    allocation: str = "uniform"
+    compensation: str = "none"
+    score_options: dict = field(default_factory=dict)
+    allocation_options: dict = field(default_factory=dict)
+    compensation_options: dict = field(default_factory=dict)
+    attention: bool = True  # False: FFN channels only, every KV group stays
+    attention_unit: str = "kv_group"  # or "value_channel": FASP's value channels inside every KV group
+    sequential: bool = False  # each layer calibrates on the already pruned layers before it
+    round_to: int = 1  # kept MLP channel counts (and value widths) a multiple of k
+    batch_size: int = 8  # calibration batch of the statistics pass
+    gradient_batches: int = 5  # calibration mini-batches of per-batch Taylor importances (SAAP-style)
+
+    def needs(self) -> frozenset[str]:
+        needs = score_needs(self.score, self.score_options) | ALLOCATIONS[self.allocation].needs
+        return needs | COMPENSATIONS[self.compensation].needs
+
+    def needs_data(self) -> bool:
+        return bool(self.needs() & DATA_EVIDENCE)
+
+    def describe(self) -> dict:
+        return {"score": {"name": self.score, **self.score_options},
+                "allocation": {"name": self.allocation, **self.allocation_options},
+                "compensation": {"name": self.compensation, **self.compensation_options},
+                "attention": self.attention, "attention_unit": self.attention_unit, "sequential": self.sequential,
+                "round_to": self.round_to, "batch_size": self.batch_size,
+                "gradient_batches": self.gradient_batches}
+
+    @property
+    def label(self) -> str:
+        parts = f"{self.score} × {self.allocation} × {self.compensation}"
+        marks = [m for m, on in (("FFN", not self.attention), ("sequential", self.sequential),
+                                 ("value channels", self.attention_unit == "value_channel")) if on]
+        return f"{parts} ({', '.join(marks)})" if marks else parts
+
+    def check(self) -> Composition:
+        """Fail at once, listing the valid choices, on an unknown part, option or impossible combination."""
+        for kind, name, registry in (("score", self.score, SCORES), ("allocation", self.allocation, ALLOCATIONS),
+                                     ("compensation", self.compensation, COMPENSATIONS)):
+            if name not in registry:
+                raise ValueError(f"unknown {kind} {name!r}: choose one of {', '.join(registry)}")
+        for kind, options, part in (("score", self.score_options, SCORES[self.score]),
+                                    ("allocation", self.allocation_options, ALLOCATIONS[self.allocation]),
+                                    ("compensation", self.compensation_options, COMPENSATIONS[self.compensation])):
+            unknown = sorted(set(options) - set(part.defaults))
+            if unknown:
+                valid = ", ".join(f"{k} (default {v!r})" for k, v in part.defaults.items()) or "none"
+                raise ValueError(f"unknown option(s) {', '.join(unknown)} for {kind} {part.name!r}; valid: {valid}")
+        if self.attention_unit not in ATTENTION_UNITS:
+            raise ValueError(f"unknown attention unit {self.attention_unit!r}: choose one of {', '.join(ATTENTION_UNITS)}")
+        if self.sequential and not ALLOCATIONS[self.allocation].layerwise:
+            layerwise = [a.name for a in ALLOCATIONS.values() if a.layerwise]
+            raise ValueError(f"allocation {self.allocation!r} needs every layer's scores before any cut, so it cannot "
+                             f"run sequentially: use sequential=False, or a layer-wise allocation "
+                             f"({', '.join(layerwise)})")
+        if self.sequential and self.needs() & GRADIENT_EVIDENCE:
+            raise ValueError(f"score {self.score!r} / allocation {self.allocation!r} need LM-loss gradients, which are "
+                             "taken once on the dense model: use sequential=False")
+        if self.attention_unit == "value_channel" and self.attention and self.score not in COLUMN_SCORES:
+            raise ValueError(f"value-channel units regroup o_proj column scores; score {self.score!r} has none: "
+                             f"choose one of {', '.join(COLUMN_SCORES)}, or attention_unit='kv_group'")
+        if not isinstance(self.round_to, int) or isinstance(self.round_to, bool) or self.round_to < 1:
+            raise ValueError(f"round_to must be a whole number >= 1, got {self.round_to!r}")
+        block_metric = self.allocation_options.get("block_metric", "angular")
+        if block_metric not in BLOCK_METRICS:
+            raise ValueError(f"unknown block_metric {block_metric!r}: choose one of {', '.join(BLOCK_METRICS)}")
+        return self
+
+
+COMPOSITION_FIELDS = ("attention", "attention_unit", "sequential", "round_to", "batch_size", "gradient_batches")
+
+
+def compose(score: str = "wanda", allocation: str = "uniform", compensation: str = "none", **options) -> Composition:
+    """A composition of parts by name; each option goes to the part that declares it (`structprune methods`
+    lists them), or to the pass (attention, attention_unit, sequential, round_to, batch_size, gradient_batches).
+    Unknown parts and options, and combinations that cannot run, fail at once with the valid choices."""
+    score = SCORE_ALIASES.get(score, score)
+    parts = {"score": SCORES.get(score), "allocation": ALLOCATIONS.get(allocation),
+             "compensation": COMPENSATIONS.get(compensation)}
+    routed: dict[str, dict] = {kind: {} for kind in parts}
+    passing = {}
+    for key, value in options.items():
+        owners = [kind for kind, part in parts.items() if part is not None and key in part.defaults]
+        if key in COMPOSITION_FIELDS:
+            passing[key] = value
+        elif len(owners) == 1:
+            routed[owners[0]][key] = value
+        elif owners:
+            raise ValueError(f"option {key!r} belongs to several parts ({', '.join(owners)}): pass it in "
+                             f"{owners[0]}_options")
+        else:
+            valid = sorted({k for part in parts.values() if part is not None for k in part.defaults}
+                           | set(COMPOSITION_FIELDS))
+            raise ValueError(f"unknown option {key!r} for score {score!r}, allocation {allocation!r}, compensation "
+                             f"{compensation!r}; valid options: {', '.join(valid)}")
+    return Composition(score=score, allocation=allocation, compensation=compensation,
+                       score_options=routed["score"], allocation_options=routed["allocation"],
+                       compensation_options=routed["compensation"], **passing).check()
+
+
+# --- evidence --------------------------------------------------------------------------------------------------
+
+@dataclass
+class Evidence:
+    """What the calibration passes measured, for the scores and allocations to read."""
+
+    stats: dict[int, dict[str, ChannelStats]] = field(default_factory=dict)  # per layer: o_proj / down_proj inputs
+    gradients: dict | None = None  # {linear: dL/dW}
+    fisher: dict | None = None
+    batch_taylor: list | None = None  # per batch: {criterion: (group scores per layer, channel scores per layer)}
+    block_importance: torch.Tensor | None = None  # per layer: sum over tokens of the block distance
+    tokens: int = 0  # calibration tokens
+    shapes: list | None = None
+    cache: dict = field(default_factory=dict)  # whole-model quantities a score computes once
+
+
+def batch_taylor(model, calibration: torch.Tensor, batches: int) -> list[dict]:
+    """Vector-wise and element-wise Taylor importances of every layer, per calibration mini-batch."""
+    everything = range(len(decoder_layers(model)))
+    per_batch = []
+    for chunk in calibration.chunk(min(batches, calibration.shape[0])):
+        grads, _ = lm_loss_gradients(model, chunk, everything, second_order=False)
+        per_batch.append({kind: tuple(zip(*[group_scores(model, i, grads, None, kind) for i in everything], strict=True))
+                          for kind in ("vectorize", "param_first")})
+    return per_batch
+
+
+# The dense pass with block distances of a CPU model (plain statistics are cached by collect_statistics):
+# a sweep over ratios and variants pays for it once.
+_BLOCK_PASSES: dict[str, tuple[list, torch.Tensor]] = {}
+
+
+def dense_pass(model, calibration: torch.Tensor, gram: bool, batch_size: int,
+               block_metric: str | None = None) -> tuple[list[dict[str, ChannelStats]], torch.Tensor | None]:
+    """One pass of the dense model: o_proj / down_proj input statistics of every layer, and, with a block
+    metric, each block's summed input-output distance."""
+    targets = output_linears(model)
+    if block_metric is None:
+        return collect_statistics(model, calibration, targets, gram=gram, batch_size=batch_size), None
+    key = statistics_key(model, calibration, (*targets, f"block:{block_metric}"), gram, batch_size)
+    if key in _BLOCK_PASSES:
+        stats, importance = _BLOCK_PASSES[key]
+        return copy.deepcopy(stats), importance.clone()
+    importance = torch.zeros(len(decoder_layers(model)), dtype=torch.float64)
+
+    def add_block_distance(index: int, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
+        importance[index] = sum(block_distance(x, y, block_metric).sum().item()
+                                for x, y in zip(inputs, outputs, strict=True))
+
+    stats = collect_statistics(model, calibration, targets, on_block=add_block_distance, gram=gram,
+                               batch_size=batch_size)
+    if key is not None:
+        _BLOCK_PASSES.clear()  # one entry: the pass of the model being swept
+        _BLOCK_PASSES[key] = (copy.deepcopy(stats), importance.clone())
+    return stats, importance
+
+
+# --- plans and cuts --------------------------------------------------------------------------------------------
+
+def empty_plan(model, method: str, ratio: float, options: dict) -> Plan:
+    """A plan that keeps everything, with the model's current widths; the pipeline fills in what it cuts."""
+    shapes = layer_shapes(model)
+    return Plan(
+        method=method, ratio=ratio,
+        kept_groups=[list(range(s.kv_groups)) for s in shapes],
+        kept_channels=[list(range(s.channels)) for s in shapes],
+        dense_groups=[s.kv_groups for s in shapes], dense_channels=[s.channels for s in shapes],
+        group_params=[s.group_params for s in shapes], channel_params=[s.channel_params for s in shapes],
+        params_before=count_parameters(model), options=dict(options),
+    )
+
+
+def _unit_columns(kept: list[int], width: int) -> torch.Tensor:
+    """Input columns of the kept units, each `width` consecutive columns wide."""
+    if not kept:
+        return torch.zeros(0, dtype=torch.long)
+    return (torch.tensor(kept, dtype=torch.long)[:, None] * width + torch.arange(width)).flatten()
+
+
+def _set_weight(linear: torch.nn.Linear, weight: torch.Tensor) -> None:
+    with torch.no_grad():
+        linear.weight.copy_(weight.to(device=linear.weight.device, dtype=linear.weight.dtype))
+
+
+def kept_value_channels(column_scores: torch.Tensor, groups: int, n_rep: int, dv: int, ratio: float,
+                        round_to: int) -> list[list[int]]:
+    """FASP's attention units: in every KV group the dv - floor(r dv) value channels whose score, summed over
+    the group's query heads, is highest (one value width for every head; rounded to a multiple of round_to)."""
+    unit_scores = column_scores.view(groups, n_rep, dv).sum(1)
+    keep = dv - math.floor(ratio * dv)
+    if round_to > 1 and keep:  # hardware-friendly value width, as for the MLP channels
+        keep = min(max(round(keep / round_to), 1) * round_to, dv)
+    return [keep_highest(unit_scores[g], keep) for g in range(groups)]
+
+
+def cut_layer(model, plan: Plan, composition: Composition, index: int, kept_groups: list[int],
+              kept_channels: list[int], stats: dict[str, ChannelStats] | None, column_scores=None) -> None:
+    """Compensate and cut one decoder layer in place, recording the cut in `plan`. kept_channels are final
+    (rounded); with value-channel units, kept_groups are ignored and value channels are chosen from
+    `column_scores` (or taken from the plan, when it is replayed)."""
+    from .surgery import prune_layer, prune_value_channels
+
+    adapter, config = adapter_for(model), model.config
+    rule = COMPENSATIONS[composition.compensation]
+    o_name, down_name = output_linears(model)
+    o, down = o_proj(model, index), down_proj(model, index)
+    value_units = composition.attention_unit == "value_channel"
+    if value_units or not composition.attention:
+        kept_groups = list(range(plan.dense_groups[index]))
+    kept_values = None
+    if value_units and composition.attention:
+        attn = attention_of(decoder_layers(model)[index], adapter)
+        d, n_rep = head_dim(config), queries_per_group(config)
+        groups = attn.get_submodule(adapter.k).out_features // d
+        dv = value_head_dim(attn, adapter, groups, config)
+        kept_values = plan.kept_values[index] if column_scores is None else kept_value_channels(
+            column_scores, groups, n_rep, dv, plan.ratio, composition.round_to)
+        o_columns = torch.tensor(sorted((g * n_rep + r) * dv + c for g in range(groups) for r in range(n_rep)
+                                        for c in kept_values[g]), dtype=torch.long)
+        width = len(kept_values[0]) if kept_values else dv
+        unit_params = config.hidden_size * (1 + n_rep) + (attn.get_submodule(adapter.v).bias is not None)
+        plan.value_params_removed += groups * (dv - width) * unit_params
+    else:
+        o_columns = _unit_columns(kept_groups, o.in_features // max(plan.dense_groups[index], 1))
+    no_stats = ChannelStats(0)
+    o_comp = rule.fn(o.weight, (stats or {}).get(o_name, no_stats), o_columns, **composition.compensation_options) \
+        if o.in_features else Compensation()
+    down_comp = rule.fn(down.weight, (stats or {}).get(down_name, no_stats), torch.tensor(kept_channels, dtype=torch.long),
+                        **composition.compensation_options) if down.in_features else Compensation()
+    hidden = config.hidden_size
+    plan.new_bias_params += hidden * ((o_comp.bias is not None and o.bias is None)
+                                      + (down_comp.bias is not None and down.bias is None))
+    plan.kept_groups[index], plan.kept_channels[index] = kept_groups, kept_channels
+    plan.o_bias[index], plan.down_bias[index] = o_comp.bias, down_comp.bias
+    if kept_values is not None:
+        plan.kept_values[index] = kept_values
+        prune_value_channels(model, index, kept_values)
+        if o_comp.weight is not None:
+            _set_weight(o_proj(model, index), o_comp.weight)
+    prune_layer(model, index, kept_groups, kept_channels, o_comp.bias, down_comp.bias)
+    if o_comp.weight is not None and kept_values is None:
+        _set_weight(o_proj(model, index), o_comp.weight)
+    if down_comp.weight is not None:
+        _set_weight(down_proj(model, index), down_comp.weight)
+
+
+# --- the pipeline ----------------------------------------------------------------------------------------------
+
+def run(model, ratio: float, calibration: torch.Tensor | None, composition: Composition, method: str = "composed",
+        options: dict | None = None) -> Plan:
+    """Prune `model` in place with `composition` at `ratio`; the plan it applied (see the module docstring)."""
+    from .surgery import finalize_pruned
+
+    composition.check()
+    needs = composition.needs()
+    if needs & DATA_EVIDENCE and calibration is None:
+        raise ValueError(f"{method}: score {composition.score!r}, allocation {composition.allocation!r} and "
+                         f"compensation {composition.compensation!r} read calibration data: pass calibration= "
+                         "(token ids, or a dataset name with a tokenizer)")
+    score, allocation = SCORES[composition.score], ALLOCATIONS[composition.allocation]
+    shapes = layer_shapes(model)
+    plan = empty_plan(model, method, ratio, options if options is not None else composition.describe())
+    plan.parts = composition.describe()
+    if composition.attention_unit == "value_channel":
+        plan.kept_values = [None] * len(shapes)
+    evidence = Evidence(tokens=calibration.numel() if calibration is not None else 0, shapes=shapes)
+    if needs & {"gradients", "fisher"}:
+        layers = (allocation.layers(len(shapes), composition.allocation_options) if allocation.layers
+                  else range(len(shapes)))
+        evidence.gradients, evidence.fisher = lm_loss_gradients(model, calibration, layers, "fisher" in needs)
+    if "batch_taylor" in needs:
+        evidence.batch_taylor = batch_taylor(model, calibration, composition.gradient_batches)
+    budget = Budget(ratio=ratio, shapes=shapes, group_width=group_width(model.config),
+                    params_before=plan.params_before, round_to=composition.round_to)
+
+    def scores_of(index: int):
+        return score.fn(model, index, evidence, **composition.score_options)
+
+    def cut(index: int, layer_scores, kept_groups, kept_channels) -> None:
+        kept_channels = round_kept(kept_channels, layer_scores.channels, composition.round_to)
+        cut_layer(model, plan, composition, index, kept_groups, kept_channels, evidence.stats.get(index),
+                  layer_scores.columns)
+
+    gram = "gram" in needs
+    if composition.sequential:
+        def prune_now(index: int, stats: dict[str, ChannelStats]) -> None:
+            evidence.stats = {index: stats}
+            layer_scores = scores_of(index)
+            layer_budget = Budget(ratio, [shapes[index]], budget.group_width, budget.params_before, budget.round_to)
+            kept = allocation.fn([layer_scores], layer_budget, evidence, **composition.allocation_options)
+            cut(index, layer_scores, kept.groups[0], kept.channels[0])
+
+        collect_statistics(model, calibration, output_linears(model), prune_layer=prune_now, gram=gram,
+                           batch_size=composition.batch_size)
+    else:
+        if needs & {"stats", "gram", "block_importance"}:
+            block_metric = (composition.allocation_options.get("block_metric", allocation.defaults.get("block_metric"))
+                            if "block_importance" in needs else None)
+            stats, evidence.block_importance = dense_pass(model, calibration, gram, composition.batch_size,
+                                                          block_metric)
+            evidence.stats = dict(enumerate(stats))
+        layer_scores = [scores_of(i) for i in range(len(shapes))]
+        kept = allocation.fn(layer_scores, budget, evidence, **composition.allocation_options)
+        plan.extras = kept.extras
+        for index, s in enumerate(layer_scores):
+            cut(index, s, kept.groups[index], kept.channels[index])
+    finalize_pruned(model)
+    return plan
+
+
+def composition_of(plan: Plan) -> Composition:
+    """The composition a plan records (its compensation and pass, for replaying it)."""
+    parts = plan.parts
+    compensation = dict(parts.get("compensation") or {"name": "none"})
+    return Composition(compensation=compensation.pop("name"), compensation_options=compensation,
+                       attention=parts.get("attention", True), attention_unit=parts.get("attention_unit", "kv_group"),
+                       sequential=parts.get("sequential", False), round_to=parts.get("round_to", 1),
+                       batch_size=parts.get("batch_size", 8))
+
+
+def replay(model, plan: Plan, calibration: torch.Tensor) -> None:
+    """Re-apply a plan whose compensation rewrites kept weights: the same cuts, and the same compensation
+    computed again from the calibration tokens (sequential plans: through the already replayed layers)."""
+    from .surgery import finalize_pruned
+
+    composition = composition_of(plan)
+    replayed = copy.deepcopy(plan)
+    replayed.value_params_removed, replayed.new_bias_params = 0, 0
+    targets, gram = output_linears(model), "gram" in COMPENSATIONS[composition.compensation].needs
+
+    def cut(index: int, stats: dict[str, ChannelStats] | None) -> None:
+        cut_layer(model, replayed, composition, index, plan.kept_groups[index], plan.kept_channels[index], stats)
+
+    if composition.sequential:
+        collect_statistics(model, calibration, targets, prune_layer=cut, gram=gram, batch_size=composition.batch_size)
+    else:
+        for index, stats in enumerate(collect_statistics(model, calibration, targets, gram=gram,
+                                                         batch_size=composition.batch_size)):
+            cut(index, stats)
+    finalize_pruned(model)
