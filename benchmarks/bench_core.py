@@ -22,7 +22,7 @@ def _case(name: str, nsamples: int, seqlen: int, repeats: int, queue) -> None:
     import torch
 
     from structprune import calibration_batches, load_model, prune
-    from structprune.methods.common import output_linears
+    from structprune.scores import output_linears
     from structprune.stats import collect_statistics
 
     model, tokenizer = load_model("embedded")

@@ -12,9 +12,11 @@ from structprune import load_pruned, prune, save_pruned
 from structprune.allocate import cfsp_keep_ratios, cfsp_kept_count, global_allocation, standardise
 from structprune.architectures import count_parameters
 from structprune.methods import get_method
-from structprune.methods.cfsp import block_distance, code_score_reference, relative_score
 from structprune.models import tiny_llama
 from structprune.recovery import importance_guided_ranks
+from structprune.scores import cfsp_code_score_reference as code_score_reference
+from structprune.scores import relative_channel_score as relative_score
+from structprune.stats import block_distance
 
 from .helpers import logits
 
@@ -154,7 +156,7 @@ def test_ffn_only_baselines_are_options_of_the_shared_methods(tiny, calibration)
         if method == "flap":
             assert all(b is None for b in plan.o_bias) and any(b is not None for b in plan.down_bias)
     # Wanda-sp global: the one-shot dense scores, z-scored per layer, one threshold
-    from structprune.methods.wanda_sp import wanda_column_score
+    from structprune.scores import wanda_column as wanda_column_score
     from structprune.stats import collect_statistics
 
     stats = collect_statistics(tiny, calibration, ("mlp.down_proj",))

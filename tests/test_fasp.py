@@ -8,7 +8,7 @@ import torch
 
 from structprune import load_pruned, prune, save_pruned
 from structprune.architectures import count_parameters
-from structprune.methods.fasp import restore_columns
+from structprune.compensate import restore_columns
 from structprune.models import tiny_opt
 from structprune.speed import greedy_decode
 

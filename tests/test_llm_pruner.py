@@ -7,9 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from structprune import prune
+from structprune.allocate import default_layer_range
 from structprune.data import random_calibration
-from structprune.methods.llm_pruner import default_layer_range, group_scores, lm_loss_gradients
 from structprune.models import tiny_llama
+from structprune.scores import group_scores
+from structprune.stats import lm_loss_gradients
 
 
 def _model():
@@ -111,7 +113,7 @@ def test_target_params_asks_for_a_whole_model_fraction():
     achieved = 1 - result.params_after / result.params_before
     largest_step = max(result.plan.group_params) * 6  # one more group in each of the 6 pruned layers
     assert abs(achieved - 0.2) * result.params_before <= largest_step
-    assert result.plan.options["per_group_ratio"] > 0.2  # per-group ratio > whole-model fraction
+    assert result.plan.extras["per_group_ratio"] > 0.2  # per-group ratio > whole-model fraction
 
 
 def test_bad_llm_pruner_options_are_refused(tiny, calibration):

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from structprune import prune
-from structprune.methods.saap import fit_log_variances, fluctuation, fuse_closed, fuse_learned
+from structprune.allocate import fluctuation
 from structprune.models import tiny_llama
 from structprune.recovery import GroupLoRALinear, attach_group_lora, merge_group_lora
+from structprune.scores import fit_log_variances, fuse_closed, fuse_learned
 
 from .helpers import logits
 
@@ -67,7 +68,7 @@ def test_layer_choice_meets_llm_pruners_parameter_count_within_one_unit(ratio):
     assert extras["target_params_removed"] == reference.params_removed
     assert abs(plan.params_removed - reference.params_removed) <= max(plan.channel_params)
     # the most fluctuating layers are never pruned; the chosen ones are the least important candidates
-    excluded = plan.options["excluded"]
+    excluded = extras["excluded"]
     fluct = torch.tensor(extras["fluctuation"])
     most_fluctuating = set(torch.sort(fluct, descending=True, stable=True).indices[:excluded].tolist())
     chosen = extras["chosen_layers"]

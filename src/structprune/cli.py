@@ -88,6 +88,23 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _method_or_composition(args, options: dict):
+    """A paper method by --method, or a composition of parts by --score / --allocation / --compensation."""
+    parts = {k: v for k, v in (("score", args.score), ("allocation", args.allocation),
+                               ("compensation", args.compensation)) if v}
+    if args.method and parts:
+        raise ValueError(f"--method {args.method} names a paper method's parts: drop --{' --'.join(parts)}, or "
+                         "drop --method to compose parts")
+    if args.method:
+        return args.method
+    if not parts:
+        raise ValueError("name a paper method (--method flap) or parts (--score wifv --allocation cfsp "
+                         "--compensation least_squares); `structprune methods` lists both")
+    from .pipeline import compose
+
+    return compose(**parts, **options)
+
+
 def cmd_prune(args) -> int:
     from .methods import prune
     from .models import load_model
@@ -97,10 +114,13 @@ def cmd_prune(args) -> int:
     options = _parse_options(args.option)
     if args.target_params is not None:
         options["target_params"] = args.target_params
+    method = _method_or_composition(args, options)
+    if not isinstance(method, str):
+        options = {}  # routed into the composition
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    result = prune(model, args.method, args.ratio, calibration=args.calibration, tokenizer=tokenizer,
+    result = prune(model, method, args.ratio, calibration=args.calibration, tokenizer=tokenizer,
                    nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, **options)
-    config = {"command": "prune", "model": model.structprune_source, "method": args.method, "ratio": args.ratio,
+    config = {"command": "prune", "model": model.structprune_source, "method": result.method, "ratio": args.ratio,
               "options": result.options, "calibration": result.calibration, "seed": args.seed,
               "dtype": str(model.dtype), "recover": args.recover}
     recovery = None
@@ -131,15 +151,34 @@ def cmd_prune(args) -> int:
 
 
 def cmd_methods(args) -> int:
+    from .allocate import ALLOCATIONS
+    from .compensate import COMPENSATIONS
     from .methods import METHODS
+    from .pipeline import COMPOSITION_FIELDS, Composition
+    from .scores import SCORE_ALIASES, SCORES
 
+    print("Paper methods (--method NAME --option KEY=VALUE):")
     for method in METHODS.values():
         dataset, nsamples, seqlen = method.calibration
         data = f"{dataset}, {nsamples} x {seqlen} tokens" if dataset else "no calibration data"
-        print(f"{method.name}  ({method.label}): {method.summary}")
-        print(f"    paper calibration: {data}; source: {method.source}")
+        parts = method.parts(**method.defaults)
+        print(f"  {method.name}  ({method.label}): {method.summary}")
+        print(f"      parts: {parts.label}; paper calibration: {data}; source: {method.source}")
         for key, default in method.defaults.items():
-            print(f"    --option {key}={json.dumps(default)}    {method.option_help.get(key, '')}")
+            print(f"      --option {key}={json.dumps(default)}    {method.option_help.get(key, '')}")
+    aliases = {name: alias for alias, name in SCORE_ALIASES.items()}
+    for title, flag, registry in (("Scores", "--score", SCORES), ("Allocations", "--allocation", ALLOCATIONS),
+                                  ("Compensations", "--compensation", COMPENSATIONS)):
+        print(f"\n{title} ({flag} NAME --option KEY=VALUE):")
+        for part in registry.values():
+            alias = f" (alias {aliases[part.name]})" if part.name in aliases else ""
+            print(f"  {part.name}{alias}: {part.summary}")
+            for key, default in part.defaults.items():
+                print(f"      --option {key}={json.dumps(default)}    {part.option_help.get(key, '')}")
+    defaults = Composition()
+    print("\nPass options of any composition:")
+    for key in COMPOSITION_FIELDS:
+        print(f"      --option {key}={json.dumps(getattr(defaults, key))}")
     return 0
 
 
@@ -171,15 +210,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("prune", help="prune a model and write a pruned checkpoint and a run record")
     model_args(pr)
-    pr.add_argument("--method", required=True, help="see `structprune methods`")
+    pr.add_argument("--method", default=None, help="a paper method (see `structprune methods`)")
+    pr.add_argument("--score", default=None, help="compose parts instead: unit score (see `structprune methods`)")
+    pr.add_argument("--allocation", default=None, help="compose parts: allocation rule (default uniform)")
+    pr.add_argument("--compensation", default=None, help="compose parts: compensation (default none)")
     pr.add_argument("--ratio", type=float, required=True, help="pruning ratio in [0, 1)")
     pr.add_argument("--target-params", type=float, default=None,
                     help="llm_pruner: whole-model parameter fraction to remove (sets the per-group ratio)")
     pr.add_argument("--calibration", default=None, help="wikitext2 | ptb | c4 | bookcorpus (default: the paper's)")
     pr.add_argument("--nsamples", type=int, default=None, help="calibration sequences (default: the paper's)")
     pr.add_argument("--seqlen", type=int, default=None, help="calibration tokens per sequence (default: the paper's)")
-    pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option, repeatable")
+    pr.add_argument("--seed", type=int, default=None,
+                    help="calibration sample seed (default 0); also the seed of random scores (default: the method's)")
+    pr.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method or part option, repeatable")
     pr.add_argument("--perplexity", default=None, help="also evaluate: comma-separated wikitext2, ptb, c4")
     pr.add_argument("--eval-seqlen", type=int, default=128, help="evaluation window length")
     pr.add_argument("--recover", default="none", choices=["none", "lora"], help="recovery after pruning")
@@ -189,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
     pr.set_defaults(func=cmd_prune)
 
-    me = sub.add_parser("methods", help="list methods, their options and paper defaults")
+    me = sub.add_parser("methods", help="list methods and parts, their options and defaults")
     me.set_defaults(func=cmd_methods)
     return parser
 

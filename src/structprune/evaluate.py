@@ -1,4 +1,4 @@
-"""What was lost and what was gained: perplexity (and, in later issues, zero-shot accuracy and speed).
+"""What was lost and what was gained: perplexity and zero-shot accuracy (speed: `structprune.speed`).
 
 Perplexity follows the pruning papers' protocol (FLAP `lib/eval.py`, LLM-Pruner `evaluator/ppl.py`):
 the evaluation text is tokenised once, cut into non-overlapping windows of `seqlen` tokens (the
@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from .data import evaluation_text
-from .speed import speed  # noqa: F401  (what was gained: structprune.evaluate.speed)
 
 
 def model_context_length(model) -> int | None:

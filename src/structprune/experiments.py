@@ -170,17 +170,36 @@ def rerun(record: dict) -> dict:
     return pruning_metrics(record["config"])[0]
 
 
+def calibration_tokens(tokenizer, calibration: dict):
+    """The calibration token ids a pruning record names (dataset, nsamples, seqlen, seed), checked against
+    the digest the record holds."""
+    import hashlib
+
+    from .data import calibration_batches
+
+    ids = calibration_batches(tokenizer, calibration["dataset"], calibration["nsamples"], calibration["seqlen"],
+                              calibration["seed"])
+    digest = hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest()[:16]
+    if calibration.get("token_sha256") not in (None, digest):
+        raise ValueError(f"the calibration tokens of {calibration['dataset']} are not the ones the record was pruned "
+                         f"with (sha256 {digest} != {calibration['token_sha256']}): the data files changed; prune again")
+    return ids
+
+
 def rebuild(record: dict):
-    """The pruned model of a pruning record and the tokenizer: dense copy + its plan, or, for methods that
-    also change the kept weights (FASP's restoration, LoRA recovery), the same seeded run again."""
+    """The pruned model of a pruning record and the tokenizer: a dense copy with the record's plan applied
+    (a least-squares restoration recomputed from the record's calibration tokens), or, after LoRA recovery,
+    the same seeded pruning and fine-tuning again."""
     config = record["config"]
     model, tokenizer = dense_model(config["model"], **precision_of(config))
     if config["method"] == "dense":
         return model, tokenizer
-    if get_method(config["method"]).plan_rebuilds_model and "recovery" not in config:
-        apply_plan(model, Plan.from_dict(record["metrics"]["plan"]))
+    if "recovery" in config:
+        _prune_and_recover(model, tokenizer, config)
         return model, tokenizer
-    _prune_and_recover(model, tokenizer, config)  # the same seeded pruning (and fine-tuning) again
+    plan = Plan.from_dict(record["metrics"]["plan"])
+    calibration = calibration_tokens(tokenizer, record["metrics"]["calibration"]) if plan.restores_weights else None
+    apply_plan(model, plan, calibration)
     return model, tokenizer
 
 

@@ -39,8 +39,24 @@ from .architectures import (
     value_head_dim,
 )
 from .compensate import COMPENSATIONS, Compensation
-from .scores import SCORE_ALIASES, SCORES, down_proj, group_scores, group_width, o_proj, output_linears, score_needs
-from .stats import BLOCK_METRICS, ChannelStats, block_distance, collect_statistics, lm_loss_gradients, statistics_key
+from .scores import (
+    SCORE_ALIASES,
+    SCORES,
+    down_proj,
+    group_scores,
+    group_width,
+    o_proj,
+    output_linears,
+    score_needs,
+)
+from .stats import (
+    BLOCK_METRICS,
+    ChannelStats,
+    block_distance,
+    collect_statistics,
+    lm_loss_gradients,
+    statistics_key,
+)
 
 ATTENTION_UNITS = ("kv_group", "value_channel")
 # Scores that give o_proj column scores, which value-channel units regroup.
@@ -319,10 +335,11 @@ def run(model, ratio: float, calibration: torch.Tensor | None, composition: Comp
     if composition.attention_unit == "value_channel":
         plan.kept_values = [None] * len(shapes)
     evidence = Evidence(tokens=calibration.numel() if calibration is not None else 0, shapes=shapes)
+    # The layers the allocation may cut (LLM-Pruner's range); the others are neither scored nor cut.
+    active = (allocation.layers(len(shapes), composition.allocation_options) if allocation.layers
+              else range(len(shapes)))
     if needs & {"gradients", "fisher"}:
-        layers = (allocation.layers(len(shapes), composition.allocation_options) if allocation.layers
-                  else range(len(shapes)))
-        evidence.gradients, evidence.fisher = lm_loss_gradients(model, calibration, layers, "fisher" in needs)
+        evidence.gradients, evidence.fisher = lm_loss_gradients(model, calibration, active, "fisher" in needs)
     if "batch_taylor" in needs:
         evidence.batch_taylor = batch_taylor(model, calibration, composition.gradient_batches)
     budget = Budget(ratio=ratio, shapes=shapes, group_width=group_width(model.config),
@@ -332,6 +349,8 @@ def run(model, ratio: float, calibration: torch.Tensor | None, composition: Comp
         return score.fn(model, index, evidence, **composition.score_options)
 
     def cut(index: int, layer_scores, kept_groups, kept_channels) -> None:
+        if layer_scores is None:  # a layer outside the allocation's range stays whole
+            return
         kept_channels = round_kept(kept_channels, layer_scores.channels, composition.round_to)
         cut_layer(model, plan, composition, index, kept_groups, kept_channels, evidence.stats.get(index),
                   layer_scores.columns)
@@ -354,7 +373,7 @@ def run(model, ratio: float, calibration: torch.Tensor | None, composition: Comp
             stats, evidence.block_importance = dense_pass(model, calibration, gram, composition.batch_size,
                                                           block_metric)
             evidence.stats = dict(enumerate(stats))
-        layer_scores = [scores_of(i) for i in range(len(shapes))]
+        layer_scores = [scores_of(i) if i in active else None for i in range(len(shapes))]
         kept = allocation.fn(layer_scores, budget, evidence, **composition.allocation_options)
         plan.extras = kept.extras
         for index, s in enumerate(layer_scores):
