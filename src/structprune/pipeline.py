@@ -90,9 +90,12 @@ class Composition:
         return bool(self.needs() & DATA_EVIDENCE)
 
     def describe(self) -> dict:
-        return {"score": {"name": self.score, **self.score_options},
-                "allocation": {"name": self.allocation, **self.allocation_options},
-                "compensation": {"name": self.compensation, **self.compensation_options},
+        """Every part with every option, defaults included: what plans and records name."""
+        return {"score": {"name": self.score, **SCORES[self.score].defaults, **self.score_options},
+                "allocation": {"name": self.allocation, **ALLOCATIONS[self.allocation].defaults,
+                               **self.allocation_options},
+                "compensation": {"name": self.compensation, **COMPENSATIONS[self.compensation].defaults,
+                                 **self.compensation_options},
                 "attention": self.attention, "attention_unit": self.attention_unit, "sequential": self.sequential,
                 "round_to": self.round_to, "batch_size": self.batch_size,
                 "gradient_batches": self.gradient_batches}
