@@ -1,4 +1,4 @@
-"""Perplexity of pruned SmolLM2-135M for several methods and ratios (the core issue's result table).
+"""Perplexity of pruned SmolLM2-135M for several methods and ratios (the core result table).
 
 Each (method, ratio) is one resumable run with a record under results/runs/<experiment>/; the dense model
 is evaluated with the same protocol. Prints a Markdown table.

@@ -1,9 +1,9 @@
-"""Literal reference implementations in float64, written from the spec's equations
-(shared/specs/flap_wanda_sp_llm_pruner.md §2-3, §7.4), for testing the fast path against.
+"""Literal reference implementations in float64, written from the papers' equations
+(FLAP, Wanda-sp; docs/methods.md, with KV groups for grouped-query attention), for testing the fast path against.
 
 No layer-by-layer pass, no streaming statistics, no slicing: full forwards with hooks that keep every
 activation, torch.var, Python loops over units, and pruning by masking weights to zero ("mask mode",
-which the spec shows equals real pruning).
+which equals real pruning).
 """
 
 import copy
@@ -49,7 +49,7 @@ def reference_flap(model, calibration, ratio, metric="WIFV", structure="AL-AM", 
             return x.var(0, unbiased=True) * (W ** 2).sum(0)
         return W.abs().mean(0) * torch.sqrt((x ** 2).sum(0) / N)
 
-    attn = [metric_of(l.self_attn.o_proj) ** 2 for l in layers]  # squared for attention (§2.3)
+    attn = [metric_of(l.self_attn.o_proj) ** 2 for l in layers]  # squared for attention, as FLAP's code
     mlp = [metric_of(l.mlp.down_proj) for l in layers]
     L = len(layers)
     group_params = (n_rep * d + 2 * d) * h + h * n_rep * d

@@ -25,7 +25,7 @@ def _loss(model, ids):
 
 
 def reference_scores(model, ids, importance, index, strided=False):
-    """Literal per-parameter sums over each group's members (spec §4.4), float64."""
+    """Literal per-parameter sums over each group's members (LLM-Pruner's Taylor terms), float64."""
     layer = model.model.layers[index]
     names = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     linears = [getattr(layer.self_attn, n) if n[0] in "qkvo" else getattr(layer.mlp, n) for n in names]

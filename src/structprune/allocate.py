@@ -11,10 +11,10 @@ One signature for every allocation rule:
 `budget` carries the ratio, the layers' shapes (parameters per unit) and `round_to`. The rules:
 - `uniform`: remove floor(r * units) lowest-scored units of each kind in every layer (Wanda-sp, magnitude,
   random; FLAP's UL-UM). It needs one layer at a time, so it can run sequentially.
-- `flap`: FLAP's structure search, UL-UM / UL-MM / AL-MM / AL-AM (An et al. 2024, Sec. 3.3, Eq. 9).
+- `flap`: FLAP's structure search, UL-UM / UL-MM / AL-MM / AL-AM (An et al. 2024).
 - `global`: per-layer z-scores and one global threshold per kind of unit (CFSP code's FFN baselines).
 - `layer_range`: LLM-Pruner's rule: int(n (1 - r)) units kept in every layer of a range.
-- `cfsp`: CFSP's coarse step, sigmoid keep ratios of the FFN channels from block importance (Eq. 5-6).
+- `cfsp`: CFSP's coarse step, sigmoid keep ratios of the FFN channels from block importance (its code).
 - `saap`: SAAP-style layer choice by importance ranking and fluctuation, at LLM-Pruner's size.
 After any rule, `round_to` rounds every layer's kept channel count (`round_kept`).
 Ratio 0 always keeps every unit: it is the identity (FLAP's code, with its strict threshold, would still
@@ -181,7 +181,7 @@ FLAP_STRUCTURES = ("UL-UM", "UL-MM", "AL-MM", "AL-AM")
 def flap_allocation(attn_channel_scores: list[torch.Tensor], mlp_scores: list[torch.Tensor], ratio: float,
                     structure: str, shapes: list[LayerShape], group_width: int,
                     remove_groups: int | None = None) -> tuple[list[list[int]], list[list[int]]]:
-    """FLAP's structure search (Sec. 3.3), on KV groups (a group's score aggregates its query heads).
+    """FLAP's structure search, on KV groups (a group's score aggregates its query heads).
 
     attn_channel_scores: per layer, the (already squared) metric of each o_proj input channel;
     group_width = n_rep * head_dim channels per KV group. mlp_scores: per layer, per channel.
@@ -254,7 +254,7 @@ def global_allocation(scores: list[torch.Tensor], ratio: float) -> list[list[int
 
 
 def cfsp_keep_ratios(importance: torch.Tensor, ratio: float, a: float = 1.0, scale: float = 1e4) -> torch.Tensor:
-    """CFSP's coarse allocation (Eq. 5-6 as its code computes them): per-block FFN keep ratios whose mean is exactly 1 - r.
+    """CFSP's coarse allocation, as its code computes it: per-block FFN keep ratios whose mean is exactly 1 - r.
 
     s_l = sigmoid(a (I_l - mean I) / 1e4) over the block importances I_l (sums of angular distances over
     the calibration tokens); if a block would keep more than everything (max s / mean s * (1 - r) >= 1),

@@ -8,9 +8,9 @@ One signature for every compensation, per linear whose input columns were cut:
 `kept_columns` the sorted input columns that stay. A compensation returns a bias to add, new weights for
 the kept columns, or neither (nothing was removed, or "none").
 - `none`: nothing changes (Wanda-sp, LLM-Pruner, CFSP).
-- `mean_bias`: B_0 = W[:, removed] mean(X[removed]), the removed inputs' mean output (FLAP Eq. 10).
+- `mean_bias`: B_0 = W[:, removed] mean(X[removed]), the removed inputs' mean output (FLAP's baseline bias compensation).
 - `least_squares`: W_S <- W G[:, S] (G[S, S] + lambda I)^-1 with G = X^T X, the kept columns that best
-  reproduce the dense output (FASP Sec. 3.3); lambda = damping x mean diag G[S, S].
+  reproduce the dense output (FASP's restoration); lambda = damping x mean diag G[S, S].
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def none(weight: torch.Tensor, stats, kept: torch.Tensor) -> Compensation:
 
 
 def mean_bias(weight: torch.Tensor, stats, kept: torch.Tensor) -> Compensation:
-    """B_0 = W[:, removed] @ mean[removed] (FLAP Eq. 10), in float64."""
+    """B_0 = W[:, removed] @ mean[removed] (FLAP), in float64."""
     removed = _removed(weight.shape[1], kept)
     if not removed.any():
         return Compensation()

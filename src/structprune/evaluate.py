@@ -80,7 +80,7 @@ LOCAL_TASKS = {
     "winogrande": "winogrande_local", "arc_easy": "arc_easy_local", "arc_challenge": "arc_challenge_local",
     "openbookqa": "openbookqa_local",
 }
-# The papers' metric per task (spec §5.2): acc for BoolQ and WinoGrande, acc_norm for the other five.
+# The papers' metric per task (FLAP's and LLM-Pruner's tables): acc for BoolQ and WinoGrande, acc_norm for the other five.
 PAPER_METRIC = {"boolq": "acc", "winogrande": "acc", "piqa": "acc_norm", "hellaswag": "acc_norm",
                 "arc_easy": "acc_norm", "arc_challenge": "acc_norm", "openbookqa": "acc_norm"}
 
@@ -139,6 +139,6 @@ def zero_shot(model, tokenizer, tasks=PAPER_TASKS, limit: int | None = None, bat
     return {
         "tasks": results,
         "average": sum(r["score"] for r in results.values()) / len(results),
-        "metric_convention": "acc for boolq and winogrande, acc_norm for the others (spec §5.2); average unweighted",
+        "metric_convention": "acc for boolq and winogrande, acc_norm for the others; average unweighted",
         "limit": limit, "num_fewshot": 0, "seconds": seconds, "lm_eval_version": version("lm_eval"),
     }

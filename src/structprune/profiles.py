@@ -42,7 +42,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "eval_dataset": "wikitext2",
         "eval_seqlen": 128,
         # The default profile is sized so that a from-scratch `make reproduce` fits in 2 hours on a 2-core CPU
-        # (the budget; README "Reproduction notes" has the measured time). Each setting below says
+        # (the 2-hour budget; README "Reproduction notes" has the measured time). Each setting below says
         # what it scales down and why.
         "eval_max_windows": 64,  # first 64 windows (8,192 tokens) of WikiText-2 test: about 20 s per model
         "calibration": {

@@ -1,6 +1,6 @@
 """Recovery after pruning: LoRA fine-tuning through peft, merged back into a plain pruned model.
 
-LLM-Pruner's recipe (spec §4.7): LoRA r=8, alpha=16, dropout 0.05 on q, k, v, o, gate, up, down; the
+LLM-Pruner's recipe (its post_training.py): LoRA r=8, alpha=16, dropout 0.05 on q, k, v, o, gate, up, down; the
 Alpaca-cleaned instructions with the Alpaca prompt template, `cutoff_len` 256 tokens, an EOS appended,
 loss on the response only; AdamW. The paper trains 2 epochs on ~50k rows with batch 64 and lr 1e-4 on a
 GPU; on a CPU use `max_steps`. After training the adapters are merged, so the result is an ordinary pruned
@@ -60,7 +60,7 @@ RANK_DIRECTIONS = ("uniform", "importance", "pruned")
 
 def importance_guided_ranks(model, keep_ratios: list[float], rank: int = 8, direction: str = "importance",
                             targets=LORA_TARGETS) -> dict[str, int]:
-    """IG-LoRA's per-block LoRA ranks (CFSP §1.7; not in the released code, so inferred: "-style").
+    """IG-LoRA's per-block LoRA ranks (CFSP's recovery; not in the released code, so inferred: "-style").
 
     Under the budget of uniform LoRA (rank x blocks), block l gets r_l = max(1, round(rank L w_l / sum w)):
     direction "importance" weighs blocks by their coarse importance (w_l = keep_l, which is proportional to
@@ -160,7 +160,7 @@ def lora_recover(model, tokenizer, max_steps: int | None = 100, epochs: float = 
 
 class GroupLoRALinear(nn.Module):
     """A linear with group-wise quantised weights and a group-pooled LoRA: QA-LoRA (Xu et al., 2023), the
-    reading of SAAP's "group fine-tuning" in spec saap_cfsp_fasp.md §3.6 [INF].
+    reading of SAAP's "group fine-tuning" (inferred; docs/methods.md).
 
     Input column j belongs to group g(j) = j // group_size (the last group may be shorter: pruned widths are
     rarely multiples). W[o, j] ~ scale[o, g] (q[o, j] - zero[o, g]), q in [0, 2^bits - 1] (asymmetric min/max).

@@ -109,12 +109,12 @@ def wanda(model, index: int, evidence) -> LayerScores:
 
 
 def ifv(model, index: int, evidence) -> LayerScores:
-    """Input feature variance Var(X_j) (FLAP Eq. 6 without the weight)."""
+    """Input feature variance Var(X_j) (FLAP's IFV: the fluctuation metric without the weight)."""
     return _column_score(model, index, evidence, lambda weight, stats: stats.variance)
 
 
 def wifv_column(weight: torch.Tensor, stats) -> torch.Tensor:
-    """Var(X_j) * ||W_:,j||^2: FLAP's fluctuation metric (Eq. 6)."""
+    """Var(X_j) * ||W_:,j||^2: FLAP's fluctuation metric (WIFV)."""
     return stats.variance * weight.detach().to(torch.float64).pow(2).sum(0).to(stats.variance.device)
 
 
@@ -125,7 +125,7 @@ def wifv(model, index: int, evidence) -> LayerScores:
 # --- activation norm (CFSP's fine step) ----------------------------------------------------------------------
 
 def activation(model, index: int, evidence) -> LayerScores:
-    """a_j = ||X_j||_2 over all calibration tokens (CFSP Eq. 8 as its code computes it: the weight terms
+    """a_j = ||X_j||_2 over all calibration tokens (CFSP's fine score as its code computes it: the weight terms
     of the code's formula cancel, see `cfsp_code_score_reference`)."""
     return _column_score(model, index, evidence, lambda weight, stats: stats.sumsq.sqrt())
 
@@ -194,7 +194,7 @@ def channel_importance(weight: torch.Tensor, grad: torch.Tensor | None, fisher: 
                        importance: str, dim: int) -> torch.Tensor:
     """Per-channel importance of one linear, reduced over `dim` (1: rows/outputs, 0: columns/inputs).
 
-    s_k = W_k dL/dW_k, q_k = 1/2 W_k^2 F_kk (LLM-Pruner Eq. 3-5): vectorize |sum_k s_k|; param_first
+    s_k = W_k dL/dW_k, q_k = 1/2 W_k^2 F_kk (LLM-Pruner's first- and second-order Taylor terms): vectorize |sum_k s_k|; param_first
     sum_k |s_k|; param_mix sum_k |s_k - q_k|; param_second sum_k |q_k|; l1 / l2 of the weights."""
     w = weight.detach().double()
     if importance == "l1":

@@ -123,7 +123,7 @@ def prune_layer(model, index: int, kept_groups: list[int], kept_channels: list[i
 def prune_value_channels(model, index: int, kept_values: list[list[int]]) -> None:
     """FASP's attention cut: keep, in every KV group g, the value channels kept_values[g] (the same count
     in each group, so every head keeps one value width): v_proj rows (g, c) and the o_proj columns (h, c)
-    of every query head h that reads group g (spec §2.2, §2.10)."""
+    of every query head h that reads group g (docs/methods.md, FASP-style)."""
     adapter, config = adapter_for(model), model.config
     layer = decoder_layers(model)[index]
     attn = attention_of(layer, adapter)

@@ -4,13 +4,13 @@ Read in the official code (wyxscir/CFSP `prune_cfsp`, `block_metrics.py`). Only 
 are removed; attention is untouched.
 
     statistics  one pass of the *dense* model over WikiText-2, 128 x 1024 tokens
-    allocation  coarse, per block l: I_l = sum over tokens of arccos(cos(h_in, h_out)) / pi          (Eq. 5)
-                keep_l = sigmoid keep ratios of the I_l, mean exactly 1 - r                           (Eq. 6)
+    allocation  coarse, per block l: I_l = sum over tokens of arccos(cos(h_in, h_out)) / pi
+                keep_l = sigmoid keep ratios of the I_l, mean exactly 1 - r (code)
                 block l keeps its top cfsp_kept_count(m, keep_l, round_to) channels (round_to 128 is the
                 code's --cuda_friendly)
     score       fine, per channel j: a_j = ||X_j||_2 of the down_proj input ("activation", the released
                 code: the weight terms of its three_w_one_wa formula cancel, see
-                scores.cfsp_code_score_reference); "relative": the paper's Eq. 8 intent with weights
+                scores.cfsp_code_score_reference); "relative": the paper's Eq. 8 (arXiv v2) intent with weights
                 normalised across channels (inferred axes, so "-style")
     compensation  none (the code's `compress`, not `compress_bias`)
 """

@@ -5,14 +5,14 @@ are inferred (each is an option here).
 
     for each decoder layer l, sequentially (it sees the already pruned layers < l; inferred):
         statistics  inputs X of o_proj and down_proj on WikiText-2, 128 x 2048 tokens; G = X^T X (float64)
-        score       Wanda's column score ||X_j||_2 |W_:,j| (Sec. 3.2)
+        score       Wanda's column score ||X_j||_2 |W_:,j|
         units       attention: value channel (g, c) = v_proj row (g, c) + o_proj columns (h, c) of every query
                     head h of KV group g, scored by the sum over the group's heads; every group keeps its
                     top d - floor(r d), so all heads keep one value width (inferred)
                     MLP: channel j = gate/up rows j + down_proj column j
         allocation  uniform: the top n - floor(r n) channels in every layer
         compensation  least squares: W_S <- W G[:, S] (G[S, S] + lambda I)^-1,
-                    lambda = damping x mean diag G[S, S] (Sec. 3.3; damping inferred)
+                    lambda = damping x mean diag G[S, S] (damping inferred)
 Q and K are never pruned. Biases of o_proj/down_proj are unchanged (the Gram is uncentred).
 OPT: the same with v_proj/out_proj and fc1/fc2 (fc1's bias rows go with its rows).
 """

@@ -1,13 +1,13 @@
 """FLAP: fluctuation-based adaptive structured pruning (An et al., AAAI 2024, arXiv 2312.11983).
 
     statistics  one pass of the *dense* model over WikiText-2, 1024 x 128 tokens
-    score       WIFV: S_j = Var(X_j) ||W_:,j||^2 on o_proj / down_proj input columns         (Eq. 6)
+    score       WIFV: S_j = Var(X_j) ||W_:,j||^2 on o_proj / down_proj input columns  (the paper's fluctuation metric)
                 (IFV: Var(X_j); WIFN: the Wanda score)
     allocation  AL-AM: per-layer, per-module z-scores of the scores (attention columns squared, as the
                 released code), a KV group scores the mean of its columns; one global threshold with
-                every unit weighted by its parameters                                    (Sec. 3.3, Eq. 9)
+                every unit weighted by its parameters (adaptive structure search)
                 (UL-UM, UL-MM, AL-MM: the paper's ablation structures)
-    compensation  B_0 = W[:, removed] mean(X[removed]) folded into o_proj / down_proj biases (Eq. 10)
+    compensation  B_0 = W[:, removed] mean(X[removed]) folded into o_proj / down_proj biases (baseline bias compensation)
 
 attention=False: FFN channels only, one global z-score threshold (UL-UM: uniform), as CFSP's code runs FLAP.
 The variance is the exact token-level one (the released code's running estimate is about T times it, a

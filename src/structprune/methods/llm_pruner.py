@@ -1,7 +1,7 @@
 """LLM-Pruner, block-wise (Ma et al., NeurIPS 2023, arXiv 2305.11627).
 
     calibration  10 BookCorpus windows x 64 tokens
-    score        Taylor importance of coupled groups (Eq. 3-5): s_k = W_k dL/dW_k of the LM loss, for the
+    score        Taylor importance of coupled groups: s_k = W_k dL/dW_k of the LM loss, for the
                  prunable linears of the layers in range only; per row / column of a member linear
                  param_first (Element^1) sum_k |s_k|, vectorize |sum_k s_k|, param_mix (Element^2)
                  sum_k |s_k - 1/2 W_k^2 F_kk| with the diagonal Fisher F; a group sums its members:
