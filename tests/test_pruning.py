@@ -309,3 +309,32 @@ def test_every_method_prunes_opt_and_the_checkpoint_reloads(method, calibration,
     save_pruned(model, None, tmp_path / method)
     reloaded, _ = load_pruned(tmp_path / method)
     assert torch.equal(logits(reloaded, probe), logits(model, probe))
+
+
+def test_pruned_config_carries_the_adapter_layout_and_without_it_the_load_fails(tiny, calibration, tmp_path):
+    from structprune.architectures import adapter_for
+    from structprune.models import tiny_opt
+
+    for model in (copy.deepcopy(tiny), tiny_opt()):
+        adapter = adapter_for(model)
+        prune(model, "fasp", 0.3, calibration=calibration)  # value widths: the layout-driven attention forward
+        layout = model.config.layout
+        assert (layout["layers"], layout["o"], layout["up"], layout["down"]) == (
+            adapter.layers, adapter.o, adapter.up, adapter.down)
+    save_pruned(model, None, tmp_path / "opt", {})
+    config = json.loads((tmp_path / "opt" / "config.json").read_text())
+    del config["layout"]
+    (tmp_path / "opt" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="records no module layout"):
+        load_pruned(tmp_path / "opt")
+
+
+def test_a_pruned_checkpoint_of_an_unknown_family_is_refused_by_name(tiny, calibration, tmp_path):
+    model = copy.deepcopy(tiny)
+    prune(model, "magnitude", 0.3)
+    save_pruned(model, None, tmp_path / "ckpt", {})
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    config["model_type"] = "structpruned_gpt2"
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="'structpruned_gpt2' is not a structprune pruned family: supported are"):
+        load_pruned(tmp_path / "ckpt")

@@ -31,11 +31,18 @@ from transformers import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward
 
-# Module names inside a decoder layer, per family: attention, q, k, v, o, mlp ("" = the layer), gate, up, down.
-LAYOUTS = {
-    "llama": ("self_attn", "q_proj", "k_proj", "v_proj", "o_proj", "mlp", "gate_proj", "up_proj", "down_proj"),
-    "opt": ("self_attn", "q_proj", "k_proj", "v_proj", "out_proj", "", None, "fc1", "fc2"),
-}
+# A pruned config carries its family's module layout (`layout`: the adapter's module names, written by
+# structprune's surgery from its one registry), so these classes hold no per-family knowledge of their own.
+LAYOUT_KEYS = ("layers", "attention", "q", "k", "v", "o", "mlp", "gate", "up", "down")
+
+
+def layout_of(config) -> dict:
+    """The module layout a pruned config records; a config without one cannot be built reliably."""
+    layout = getattr(config, "layout", None)
+    if not layout or any(key not in layout for key in LAYOUT_KEYS):
+        raise ValueError(f"this pruned config (model_type {config.model_type!r}) records no module layout "
+                         f"({', '.join(LAYOUT_KEYS)}): it was written by an older structprune; prune again")
+    return layout
 
 
 class EmptyAttention(nn.Module):
@@ -66,17 +73,18 @@ class ValueWidthAttention:
     itself (eager or SDPA) takes values of any width."""
 
     value_head_dim: int
+    o_name: str  # the output projection's name in this family's layout
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None,
                 **kwargs):
         input_shape = hidden_states.shape[:-1]
-        query = self.q_proj(hidden_states)
+        query = getattr(self, self.q_name)(hidden_states)
         scaling = getattr(self, "scaling", self.head_dim ** -0.5)
         if position_embeddings is None:  # OPT: no rotary, queries scaled first, unit scaling in the kernel
             query, scaling = query * scaling, 1.0
         query = query.view(*input_shape, -1, self.head_dim).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(*input_shape, -1, self.value_head_dim).transpose(1, 2)
+        key = getattr(self, self.k_name)(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
+        value = getattr(self, self.v_name)(hidden_states).view(*input_shape, -1, self.value_head_dim).transpose(1, 2)
         if position_embeddings is not None:
             query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
         if past_key_values is not None:
@@ -87,17 +95,18 @@ class ValueWidthAttention:
                                     dropout=0.0 if not self.training else getattr(self, "attention_dropout", 0.0),
                                     **extra, **kwargs)
         output = output.reshape(*input_shape, -1).contiguous()
-        output_proj = self.o_proj if hasattr(self, "o_proj") else self.out_proj  # OPT names it out_proj
-        return output_proj(output), weights
+        return getattr(self, self.o_name)(output), weights
 
 
 _VALUE_WIDTH_CLASSES: dict[type, type] = {}
 
 
-def set_value_head_dim(attention: nn.Module, width: int, head_dim: int) -> None:
+def set_value_head_dim(attention: nn.Module, width: int, head_dim: int, layout: dict) -> None:
     """Give an attention module narrower values (its class gains `ValueWidthAttention`'s forward)."""
     if width == head_dim:
         return
+    attention.q_name, attention.k_name, attention.v_name, attention.o_name = (
+        layout["q"], layout["k"], layout["v"], layout["o"])
     base = type(attention)
     if not issubclass(base, ValueWidthAttention):
         if base not in _VALUE_WIDTH_CLASSES:
@@ -116,9 +125,9 @@ def _resized(linear: nn.Linear, in_features: int, out_features: int, bias: bool)
     return nn.Linear(in_features, out_features, bias=bias, dtype=linear.weight.dtype, device=linear.weight.device)
 
 
-def reshape_layer(layer: nn.Module, shape: dict, config, family: str = "llama") -> None:
+def reshape_layer(layer: nn.Module, shape: dict, config, layout: dict) -> None:
     """Give one decoder layer the widths in `shape` (structure only; no weights are copied)."""
-    attn_name, q, k, v, o, mlp_name, gate, up, down = LAYOUTS.get(family, LAYOUTS["llama"])
+    attn_name, q, k, v, o, mlp_name, gate, up, down = (layout[key] for key in LAYOUT_KEYS[1:])
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     attn, hidden = getattr(layer, attn_name), config.hidden_size
     mlp = getattr(layer, mlp_name) if mlp_name else layer
@@ -134,7 +143,7 @@ def reshape_layer(layer: nn.Module, shape: dict, config, family: str = "llama") 
             linear = getattr(attn, name)
             setattr(attn, name, _resized(linear, hidden, rows, linear.bias is not None))
         setattr(attn, o, _resized(getattr(attn, o), heads * value_dim, hidden, shape["o_proj_bias"]))
-        set_value_head_dim(attn, value_dim, head_dim)
+        set_value_head_dim(attn, value_dim, head_dim, layout)
     width = shape["intermediate_size"]
     for name in filter(None, (gate, up)):
         linear = getattr(mlp, name)
@@ -153,33 +162,40 @@ class StructprunedMixin:
         self.post_init()
 
     def _apply_layer_shapes(self) -> None:
-        family = "opt" if self.config.base_model_type == "opt" else "llama"
-        layers = self.model.decoder.layers if family == "opt" else self.model.layers
-        for layer, shape in zip(layers, self.config.layer_shapes or [], strict=False):
-            reshape_layer(layer, shape, self.config, family)
+        layout = layout_of(self.config)
+        layers = self.get_submodule(layout["layers"])
+        shapes = self.config.layer_shapes or []
+        if len(shapes) != len(layers):
+            raise ValueError(f"the pruned config lists {len(shapes)} layer shapes for {len(layers)} layers")
+        for layer, shape in zip(layers, shapes, strict=True):
+            reshape_layer(layer, shape, self.config, layout)
 
 
 class StructprunedLlamaConfig(LlamaConfig):
     model_type = "structpruned_llama"
     layer_shapes: list | None = None
+    layout: dict | None = None
     base_model_type: str = "llama"
 
 
 class StructprunedMistralConfig(MistralConfig):
     model_type = "structpruned_mistral"
     layer_shapes: list | None = None
+    layout: dict | None = None
     base_model_type: str = "mistral"
 
 
 class StructprunedQwen2Config(Qwen2Config):
     model_type = "structpruned_qwen2"
     layer_shapes: list | None = None
+    layout: dict | None = None
     base_model_type: str = "qwen2"
 
 
 class StructprunedOPTConfig(OPTConfig):
     model_type = "structpruned_opt"
     layer_shapes: list | None = None
+    layout: dict | None = None
     base_model_type: str = "opt"
 
 
@@ -214,7 +230,7 @@ for _config_class, _model_class in PRUNED_CLASSES.values():
     except ValueError:  # already registered (module imported twice, e.g. as remote code)
         pass
 
-__all__ = ["EmptyAttention", "PRUNED_CLASSES", "ValueWidthAttention", "reshape_layer", "set_value_head_dim",
+__all__ = ["EmptyAttention", "LAYOUT_KEYS", "PRUNED_CLASSES", "layout_of", "ValueWidthAttention", "reshape_layer", "set_value_head_dim",
            "StructprunedLlamaConfig", "StructprunedOPTConfig", "StructprunedOPTForCausalLM",
            "StructprunedLlamaForCausalLM", "StructprunedMistralConfig", "StructprunedMistralForCausalLM",
            "StructprunedQwen2Config", "StructprunedQwen2ForCausalLM"]

@@ -145,7 +145,7 @@ def prune_value_channels(model, index: int, kept_values: list[list[int]]) -> Non
     attn.set_submodule(adapter.o, _sliced(attn.get_submodule(adapter.o), cols=o_cols))
     from .pruned_modeling import set_value_head_dim
 
-    set_value_head_dim(attn, width, d)
+    set_value_head_dim(attn, width, d, layout_dict(adapter))
 
 
 def layer_shapes_of(model) -> list[dict]:
@@ -171,6 +171,13 @@ def layer_shapes_of(model) -> list[dict]:
     return shapes
 
 
+def layout_dict(adapter) -> dict:
+    """The module layout a pruned config records (the adapter's names), read by the pruned model classes."""
+    return {"layers": adapter.layers, "attention": adapter.attention, "q": adapter.q, "k": adapter.k,
+            "v": adapter.v, "o": adapter.o, "mlp": adapter.mlp, "gate": adapter.gate, "up": adapter.up,
+            "down": adapter.down}
+
+
 def finalize_pruned(model):
     """Turn a model whose layers were cut into an instance of its family's pruned class, with a config
     that records every layer's widths (and `auto_map`, for loading with remote code)."""
@@ -180,9 +187,10 @@ def finalize_pruned(model):
     config_class, model_class = PRUNED_CLASSES[family]
     old = model.config
     values = {k: v for k, v in old.to_dict().items()
-              if k not in ("model_type", "transformers_version", "layer_shapes", "base_model_type", "auto_map",
-                           "architectures")}
-    new = config_class(**values, layer_shapes=layer_shapes_of(model), base_model_type=family)
+              if k not in ("model_type", "transformers_version", "layer_shapes", "layout", "base_model_type",
+                           "auto_map", "architectures")}
+    new = config_class(**values, layer_shapes=layer_shapes_of(model), layout=layout_dict(adapter_for(model)),
+                       base_model_type=family)
     new.auto_map = {"AutoConfig": f"{MODELING_FILE[:-3]}.{config_class.__name__}",
                     "AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.{model_class.__name__}"}
     new.architectures = [model_class.__name__]
@@ -275,8 +283,13 @@ def check_checkpoint(path: str | Path) -> None:
         with safe_open(str(path / name), framework="pt") as handle:
             for key in handle.keys():
                 stored[key] = tuple(handle.get_slice(key).get_shape())
+    classes = {conf.model_type: cls for conf, cls in PRUNED_CLASSES.values()}
+    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    if model_type not in classes:
+        raise ValueError(f"{path}: model_type {model_type!r} is not a structprune pruned family: "
+                         f"supported are {', '.join(sorted(classes))}")
     config = AutoConfig.from_pretrained(path)
-    model_class = next(cls for conf, cls in PRUNED_CLASSES.values() if conf.model_type == config.model_type)
+    model_class = classes[config.model_type]
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in model_class(config).state_dict().items()}
     wrong = [f"{k}: config implies {list(shape)}, file holds {list(stored[k])}"
