@@ -245,3 +245,32 @@ def speed_run(record: dict, threads: int | None = 2, repeats: int = 3, **speed_o
         return {"speed": result}, {}
 
     return run_once("speed", config, compute)
+
+
+def fasp_time_run(hidden: int, tokens: tuple[int, int] = (8, 128), layers: int = 4) -> dict:
+    """FASP-style pruning time at ratio 0.2 against one plain forward over the same calibration tokens, on a
+    random LLaMA-shaped model of `layers` layers, width `hidden` and MLP 2.75 x hidden, on the CPU; the record."""
+    import time
+
+    import torch
+
+    from .data import random_calibration
+    from .models import tiny_llama
+
+    config = {"method": "fasp", "ratio": 0.2, "hidden": hidden, "layers": layers, "intermediate": int(2.75 * hidden),
+              "heads": max(hidden // 32, 2), "calibration": list(tokens), "threads": torch.get_num_threads()}
+
+    def compute():
+        model = tiny_llama(num_layers=layers, hidden_size=hidden, num_heads=config["heads"],
+                           num_kv_heads=config["heads"], intermediate_size=config["intermediate"], vocab_size=1024)
+        ids = random_calibration(1024, *tokens, seed=0)
+        start = time.perf_counter()
+        with torch.no_grad():
+            for batch in ids.split(8):
+                model(batch, use_cache=False)
+        forward = time.perf_counter() - start
+        result = prune(model, "fasp", 0.2, calibration=ids)
+        return {"forward_seconds": forward, "prune_seconds": result.seconds, "params_before": result.params_before,
+                "params_after": result.params_after}, {}
+
+    return run_once("fasp_time", config, compute)

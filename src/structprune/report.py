@@ -185,6 +185,7 @@ def leaderboard(profile: str = "default", model: str = "embedded", root: Path | 
         speeds.setdefault(_pruning_key(record["config"]["pruning"]), []).append(record)
     dense_speeds = [r for r in records("speed") if r["config"]["pruning"]["method"] == "dense"
                     and r["config"]["pruning"].get("profile") == profile]
+    devices: set[str] = set()
     for key, row in rows.items():
         # the record with the most prefill shapes (the full protocol), measured against a dense one alike
         candidates = sorted(speeds.get(key, []), key=lambda r: -len(r["config"].get("prefill_shapes") or []))
@@ -193,13 +194,72 @@ def leaderboard(profile: str = "default", model: str = "embedded", root: Path | 
             if dense is None:
                 continue
             measured = record["metrics"]["speed"]
+            devices.add(device_name(measured))
             largest = speedup(dense["metrics"]["speed"], measured)[-1]
             row["decode tok/s (batch 1)"] = measured["decode"][0]["tokens_per_second"]
             row[f"prefill x ({largest['batch']}x{largest['tokens']})"] = largest["measured"]
             row["ideal x"] = largest["ideal"]
             break
     frame = pd.DataFrame(list(rows.values()))
-    return frame.sort_values(["ratio", "method"]).reset_index(drop=True) if not frame.empty else frame
+    frame = frame.sort_values(["ratio", "method"]).reset_index(drop=True) if not frame.empty else frame
+    frame.attrs["speed_devices"] = " / ".join(sorted(devices))  # where the speeds were measured
+    return frame
+
+
+def pruned_layer_range(record: dict) -> tuple[int, int]:
+    """The [start, end) layer range an LLM-Pruner record pruned (its plan's extras; older records resolved
+    it into the plan's options)."""
+    plan = record["metrics"]["plan"]
+    where = plan["extras"] if "layer_start" in plan.get("extras", {}) else plan["options"]
+    return where["layer_start"], where["layer_end"]
+
+
+def device_name(speed: dict) -> str:
+    """"CPU" or "CUDA": where a speed record measured (its `device`, e.g. cpu or cuda:0)."""
+    return speed["device"].split(":")[0].upper()
+
+
+def precision_caption(speed: dict) -> str:
+    """Device and dtype of a speed record, as captions name them: e.g. "CPU float32", "CUDA bfloat16"."""
+    return f"{device_name(speed)} {speed['dtype'].removeprefix('torch.')}"
+
+
+def prefill_speedups(dense: dict, measured: dict) -> dict:
+    """Columns of the measured prefill speedup at every shape, and the MACs-ratio ideal (the same for every
+    shape up to rounding: the largest shape's)."""
+    from .speed import speedup
+
+    cases = speedup(dense, measured)
+    return {**{f"prefill x ({c['batch']}x{c['tokens']})": c["measured"] for c in cases}, "ideal x": cases[-1]["ideal"]}
+
+
+def speed_row(record: dict, measured: dict, dense: dict) -> dict:
+    """One row of a speedup table: the pruning record's method, size and perplexity, and its measured speed
+    against the dense model's at the largest prefill shape and at every decode batch."""
+    from .speed import speedup
+
+    largest = speedup(dense, measured)[-1]  # the largest prefill shape (batch 8 x 512 by default)
+    shape = f"({largest['batch']}x{largest['tokens']})"
+    row = {"method": method_label(record), "ratio": record["config"]["ratio"],
+           "parameters": measured["parameters"], "MACs/token (M)": measured["macs_per_token"]["total"] / 1e6,
+           "perplexity": record["metrics"]["perplexity"]["perplexity"], f"ideal x {shape}": largest["ideal"],
+           f"prefill x {shape}": largest["measured"], "fraction of ideal": largest["fraction_of_ideal"]}
+    for d, p in zip(dense["decode"], measured["decode"], strict=True):
+        row[f"decode x (batch {p['batch']})"] = p["tokens_per_second"] / d["tokens_per_second"]
+        row[f"decode tok/s (batch {p['batch']})"] = p["tokens_per_second"]
+    row["weights MiB"] = measured["memory"]["weights_mib"]
+    return row
+
+
+def pareto_front(points: pd.DataFrame, faster: str, better: str) -> pd.DataFrame:
+    """The rows no other row beats on both columns (higher is better on each), fastest first: scanning from
+    the fastest, each row that is more accurate than every faster one."""
+    front, best = [], float("-inf")
+    for _, row in points.sort_values(faster, ascending=False).iterrows():
+        if row[better] > best:
+            front.append(row)
+            best = row[better]
+    return pd.DataFrame(front)
 
 
 # Options a method's label already names (label_of), or that do not change the pruned model.

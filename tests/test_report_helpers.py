@@ -1,0 +1,39 @@
+"""Report helpers the notebooks call: Pareto front, speed rows and captions read from the records."""
+
+import pandas as pd
+
+from structprune import report
+
+
+def _speed(device="cpu", dtype="torch.float32", tps=(100.0, 400.0), macs=(10.0, 40.0), decode=(5.0,)):
+    return {"device": device, "dtype": dtype, "parameters": 1000, "macs_per_token": {"total": 2e6},
+            "prefill": [{"batch": b, "tokens": 512, "tokens_per_second": t, "macs": m}
+                        for b, t, m in zip((1, 8), tps, macs, strict=True)],
+            "decode": [{"batch": b, "tokens_per_second": t} for b, t in zip((1, 8), decode, strict=False)],
+            "memory": {"weights_mib": 3.0}}
+
+
+def test_pareto_front_keeps_exactly_the_unbeaten_points():
+    # (1.4, 45) is slower and less accurate than (1.5, 48); (1.0, 47) than (1.2, 49): both are dominated
+    points = pd.DataFrame({"speed": [1.0, 1.5, 2.0, 1.2, 1.8, 1.4, 1.0],
+                           "acc": [50.0, 48.0, 40.0, 49.0, 47.0, 45.0, 47.0]})
+    front = report.pareto_front(points, "speed", "acc")
+    assert list(zip(front.speed, front.acc, strict=True)) == [(2.0, 40.0), (1.8, 47.0), (1.5, 48.0), (1.2, 49.0),
+                                                             (1.0, 50.0)]
+
+
+def test_captions_name_the_device_and_dtype_of_the_records():
+    assert report.precision_caption(_speed()) == "CPU float32"
+    assert report.precision_caption(_speed("cuda:0", "torch.bfloat16")) == "CUDA bfloat16"
+
+
+def test_speed_rows_compare_against_dense_at_the_largest_shape_and_every_decode_batch():
+    dense, pruned = _speed(), _speed(tps=(150.0, 500.0), macs=(8.0, 32.0), decode=(6.0,))
+    record = {"config": {"method": "flap", "label": "FLAP", "ratio": 0.2, "options": {"round_to": 8}},
+              "metrics": {"perplexity": {"perplexity": 70.0}}}
+    row = report.speed_row(record, pruned, dense)
+    assert "options" not in row
+    assert row["prefill x (8x512)"] == 500.0 / 400.0 and row["ideal x (8x512)"] == 40.0 / 32.0
+    assert row["decode x (batch 1)"] == 6.0 / 5.0 and "decode x (batch 8)" not in row
+    assert report.prefill_speedups(dense, pruned) == {"prefill x (1x512)": 1.5, "prefill x (8x512)": 1.25,
+                                                      "ideal x": 1.25}
