@@ -194,7 +194,8 @@ def leaderboard(profile: str = "default", model: str = "embedded", root: Path | 
             if dense is None:
                 continue
             measured = record["metrics"]["speed"]
-            devices.add(device_name(measured))
+            if "device" in measured:
+                devices.add(device_name(measured))
             largest = speedup(dense["metrics"]["speed"], measured)[-1]
             row["decode tok/s (batch 1)"] = measured["decode"][0]["tokens_per_second"]
             row[f"prefill x ({largest['batch']}x{largest['tokens']})"] = largest["measured"]
