@@ -87,7 +87,9 @@ def test_ratio_zero_of_a_composition_is_the_identity(tiny, calibration, probe):
     ({"allocation": "flap", "sequential": True}, "cannot run sequentially: .* layer-wise allocation \\(uniform\\)"),
     ({"score": "taylor", "sequential": True}, "need LM-loss gradients, .* use sequential=False"),
     ({"score": "taylor", "attention_unit": "value_channel"}, "value-channel units regroup o_proj column scores"),
-    ({"round_to": 0}, "round_to must be a whole number >= 1"),
+    ({"round_to": 0}, "option round_to of the composition must be at least 1, got 0"),
+    ({"score": "wifv", "compensation": "least_squares", "damping": "x"}, "option damping .* must be a number, got 'x'"),
+    ({"sequential": "yes"}, "option sequential of the composition must be true or false, got 'yes'"),
     ({"allocation": "cfsp", "block_metric": "euclid"}, "unknown block_metric 'euclid'"),
 ])
 def test_bad_compositions_fail_at_once_with_the_valid_choices(parts, message):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -41,12 +42,19 @@ def _perplexities(model, tokenizer, datasets: str | None, seqlen: int, max_windo
 
 
 def cmd_evaluate(args) -> int:
+    from .methods import check_finite_weights
     from .models import load_model
     from .records import write_record
 
+    if args.output and Path(args.output).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists: choose another --output, or pass --overwrite to replace it")
+    if not (args.perplexity or args.tasks or args.speed):
+        raise ValueError("nothing to evaluate: pass --perplexity wikitext2 (or ptb, c4), --tasks boolq,... "
+                         "and/or --speed")
     start = time.perf_counter()
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     load_seconds = time.perf_counter() - start
+    check_finite_weights(model)
     metrics = _perplexities(model, tokenizer, args.perplexity, args.seqlen, args.max_windows, args.batch_size)
     if args.tasks:
         from .evaluate import zero_shot
@@ -56,9 +64,6 @@ def cmd_evaluate(args) -> int:
         from .speed import speed
 
         metrics["speed"] = speed(model, repeats=args.repeats, threads=args.threads)
-    if not metrics:
-        raise SystemExit("nothing to evaluate: pass --perplexity wikitext2 (or ptb, c4), --tasks boolq,... "
-                         "and/or --speed")
     config = {"command": "evaluate", "model": model.structprune_source, "perplexity": args.perplexity,
               "seqlen": args.seqlen, "max_windows": args.max_windows, "tasks": args.tasks, "limit": args.limit,
               "task_source": args.task_source, "dtype": str(model.dtype)}
@@ -109,7 +114,7 @@ def cmd_prune(args) -> int:
     from .methods import prune
     from .models import load_model
     from .records import environment, write_record
-    from .surgery import save_pruned
+    from .surgery import check_output, save_pruned
 
     options = _parse_options(args.option)
     if args.target_params is not None:
@@ -117,12 +122,16 @@ def cmd_prune(args) -> int:
     method = _method_or_composition(args, options)
     if not isinstance(method, str):
         options = {}  # routed into the composition
+    output = Path(args.output)
+    check_output(output, args.overwrite)  # before any work: a bad destination fails in a second, not after pruning
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    check_free_space(output, model)
     result = prune(model, method, args.ratio, calibration=args.calibration, tokenizer=tokenizer,
                    nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, **options)
+    # The checkpoint is part of the run: pruning the same config to another folder is another record.
     config = {"command": "prune", "model": model.structprune_source, "method": result.method, "ratio": args.ratio,
               "options": result.options, "calibration": result.calibration, "seed": args.seed,
-              "dtype": str(model.dtype), "recover": args.recover}
+              "dtype": str(model.dtype), "recover": args.recover, "output": str(output.resolve())}
     recovery = None
     if args.recover == "lora":
         from .recovery import lora_recover
@@ -138,9 +147,14 @@ def cmd_prune(args) -> int:
     provenance = {**config, "label": result.label, "recovery": recovery, "params_before": result.params_before,
                   "params_after": result.params_after, "plan": result.plan.to_dict()}
     provenance.update(environment())
-    save_pruned(model, tokenizer, args.output, provenance, overwrite=args.overwrite)
-    path = write_record("prune", config, metrics, {"prune_seconds": result.seconds},
-                        extra={"checkpoint": str(args.output)})
+    save_pruned(model, tokenizer, output, provenance, overwrite=args.overwrite)
+    try:  # a checkpoint and its record: both, or neither
+        path = write_record("prune", config, metrics, {"prune_seconds": result.seconds},
+                            extra={"checkpoint": str(args.output)})
+    except OSError as error:
+        shutil.rmtree(output, ignore_errors=True)
+        raise OSError(f"the run record could not be written ({error.strerror or error}), so the checkpoint "
+                      f"{output} was removed too: free space or fix the results folder, then run again") from None
     print(f"{result.label} ratio {args.ratio}: {result.params_before:,} -> {result.params_after:,} parameters "
           f"in {result.seconds:.1f} s")
     for name, value in metrics.items():
@@ -148,6 +162,18 @@ def cmd_prune(args) -> int:
             print(f"{name}: {value['perplexity']:.3f}  ({value['protocol']})")
     print(f"checkpoint: {args.output}\nrecord: {path}")
     return 0
+
+
+def check_free_space(output: Path, model) -> None:
+    """Refuse a destination without room for the pruned checkpoint (at most the dense model's weights)."""
+    parent = output.parent
+    while not parent.exists():
+        parent = parent.parent
+    need = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
+    free = shutil.disk_usage(parent).free
+    if free < need:
+        raise OSError(f"{parent} has {free / 2**20:,.0f} MiB free; the checkpoint needs up to {need / 2**20:,.0f} MiB: "
+                      "free space or choose another --output")
 
 
 def cmd_methods(args) -> int:
@@ -182,6 +208,27 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (0 and negatives are refused, not read as a default)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="structprune", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -190,22 +237,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default="embedded", help="embedded | smollm2-135m | hub id | local directory")
         p.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16 (default: float32 on CPU)")
         p.add_argument("--device", default=None, help="cpu | cuda | auto (accelerate device map)")
-        p.add_argument("--batch-size", type=int, default=8, help="evaluation batch size (windows)")
-        p.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows")
+        p.add_argument("--batch-size", type=positive_int, default=8, help="evaluation batch size (windows)")
+        p.add_argument("--max-windows", type=positive_int, default=None, help="evaluate only the first N windows")
 
     ev = sub.add_parser("evaluate", help="perplexity of a model (dense or pruned checkpoint)")
     model_args(ev)
     ev.add_argument("--perplexity", default=None, help="comma-separated: wikitext2, ptb, c4")
     ev.add_argument("--tasks", default=None,
                     help="zero-shot tasks, comma-separated: boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa")
-    ev.add_argument("--limit", type=int, default=None, help="zero-shot: the first N documents of each task")
+    ev.add_argument("--limit", type=positive_int, default=None, help="zero-shot: the first N documents of each task")
     ev.add_argument("--task-source", default="auto", help="auto | local (data folder) | official (lm-eval's, hub data)")
-    ev.add_argument("--seqlen", type=int, default=128, help="window length (papers: 128 FLAP/LLM-Pruner, 2048 Wanda)")
+    ev.add_argument("--seqlen", type=positive_int, default=128, help="window length (papers: 128 FLAP/LLM-Pruner, 2048 Wanda)")
     ev.add_argument("--speed", action="store_true",
                     help="prefill (batch 1/8 x 128/512) and decode (128 new tokens) throughput, memory, MACs")
-    ev.add_argument("--threads", type=int, default=None, help="speed: torch threads (recorded)")
-    ev.add_argument("--repeats", type=int, default=3, help="speed: timed runs per case (median reported)")
+    ev.add_argument("--threads", type=positive_int, default=None, help="speed: torch threads (recorded)")
+    ev.add_argument("--repeats", type=positive_int, default=3, help="speed: timed runs per case (median reported)")
     ev.add_argument("--output", default=None, help="record path (default results/runs/evaluate/<hash>.json)")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing --output record file")
     ev.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("prune", help="prune a model and write a pruned checkpoint and a run record")
@@ -218,15 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--target-params", type=float, default=None,
                     help="llm_pruner: whole-model parameter fraction to remove (sets the per-group ratio)")
     pr.add_argument("--calibration", default=None, help="wikitext2 | ptb | c4 | bookcorpus (default: the paper's)")
-    pr.add_argument("--nsamples", type=int, default=None, help="calibration sequences (default: the paper's)")
-    pr.add_argument("--seqlen", type=int, default=None, help="calibration tokens per sequence (default: the paper's)")
-    pr.add_argument("--seed", type=int, default=None,
+    pr.add_argument("--nsamples", type=positive_int, default=None, help="calibration sequences (default: the paper's)")
+    pr.add_argument("--seqlen", type=positive_int, default=None, help="calibration tokens per sequence (default: the paper's)")
+    pr.add_argument("--seed", type=seed_int, default=None,
                     help="calibration sample seed (default 0); also the seed of random scores (default: the method's)")
     pr.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method or part option, repeatable")
     pr.add_argument("--perplexity", default=None, help="also evaluate: comma-separated wikitext2, ptb, c4")
-    pr.add_argument("--eval-seqlen", type=int, default=128, help="evaluation window length")
+    pr.add_argument("--eval-seqlen", type=positive_int, default=128, help="evaluation window length")
     pr.add_argument("--recover", default="none", choices=["none", "lora"], help="recovery after pruning")
-    pr.add_argument("--recover-steps", type=int, default=100, help="LoRA optimiser steps (batch 8)")
+    pr.add_argument("--recover-steps", type=positive_int, default=100, help="LoRA optimiser steps (batch 8)")
     pr.add_argument("--recover-lr", type=float, default=1e-4, help="LoRA learning rate")
     pr.add_argument("--output", required=True, help="directory of the pruned checkpoint")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
@@ -241,8 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ConnectionError, NotImplementedError,
-            FloatingPointError) as error:
+    except (ValueError, OSError, ConnectionError, NotImplementedError, FloatingPointError) as error:
         print(f"structprune: error: {error}", file=sys.stderr)
         return 2
 

@@ -100,7 +100,11 @@ def dataset_rows(dataset: str, split: str, data_path: str | Path | None = None) 
             continue
         path = folder / relative
         if path.is_file():
-            return _read_local_rows(dataset, path), local_source(relative)
+            try:
+                return _read_local_rows(dataset, path), local_source(relative)
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path} is not UTF-8 text (byte {error.start}: {error.reason}): the file is damaged "
+                                 f"or not the {dataset} data; restore it (see the data folder's README)") from None
         looked.append(str(path))
     if not folders:
         looked.append(f"${DATA_ENV} (not set) and shared/data beside the repository (missing)")

@@ -9,6 +9,7 @@ PPL = exp(mean token NLL). FLAP and LLM-Pruner use seqlen 128; Wanda/SparseGPT u
 from __future__ import annotations
 
 import math
+import os
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -27,6 +28,9 @@ def model_context_length(model) -> int | None:
 def perplexity_of_ids(model, ids: torch.Tensor, seqlen: int, max_windows: int | None = None,
                       batch_size: int = 8) -> dict:
     """Perplexity of a 1-D tensor of token ids over non-overlapping windows of `seqlen` tokens."""
+    for name, value, least in (("seqlen", seqlen, 2), ("max_windows", max_windows, 1), ("batch_size", batch_size, 1)):
+        if value is not None and (not isinstance(value, int) or value < least):
+            raise ValueError(f"{name} must be a whole number of at least {least}, got {value!r}")
     context = model_context_length(model)
     if context is not None and seqlen > context:
         raise ValueError(f"seqlen {seqlen} is longer than the model's context ({context} tokens): use seqlen <= {context}")
@@ -46,6 +50,9 @@ def perplexity_of_ids(model, ids: torch.Tensor, seqlen: int, max_windows: int | 
         total_nll += nll.item()
         total_tokens += batch[:, 1:].numel()
     mean_nll = total_nll / total_tokens
+    if not math.isfinite(mean_nll):
+        raise FloatingPointError(f"the model's loss is {mean_nll} on these windows (NaN or Inf in its outputs): the "
+                                 "weights are damaged or overflow in this dtype; check them, or evaluate in float32")
     return {
         "perplexity": math.exp(mean_nll),
         "mean_nll": mean_nll,
@@ -113,7 +120,13 @@ def zero_shot(model, tokenizer, tasks=PAPER_TASKS, limit: int | None = None, bat
         raise ValueError(f"unknown zero-shot task(s) {', '.join(unknown)}: choose from {', '.join(PAPER_TASKS)}")
     if source == "auto":
         folder = data_path or default_data_dir()
-        source = "local" if folder is not None and (Path(folder) / "boolq").is_dir() else "official"
+        local = folder is not None and (Path(folder) / "boolq").is_dir()
+        if not local and any(os.environ.get(v, "").lower() in ("1", "true", "yes")
+                             for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")):
+            raise FileNotFoundError(f"no local zero-shot task data in {folder or 'the data folder (STRUCTPRUNE_DATA unset)'}"
+                                    " and the hub is offline: set STRUCTPRUNE_DATA to the data folder, or run online "
+                                    "with --task-source official")
+        source = "local" if local else "official"
     if source not in ("local", "official"):
         raise ValueError(f"source must be auto, local or official, got {source!r}")
     names = {t: LOCAL_TASKS[t] if source == "local" else t for t in tasks}

@@ -147,6 +147,9 @@ def resolve_model_spec(spec: str) -> tuple[str, str]:
     return "hub", spec
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -160,21 +163,27 @@ def load_model(spec: str = "embedded", dtype: torch.dtype | str | None = None, d
     """
     from . import pruned_modeling  # noqa: F401  (registers the pruned-checkpoint classes)
 
-    kind, where = resolve_model_spec(spec)
     device = device or default_device()
+    if device not in ("cpu", "auto") and not device.startswith("cuda"):
+        raise ValueError(f"unknown device {device!r}: choose cpu, cuda (cuda:N) or auto (accelerate device map)")
+    if device.startswith("cuda") or device == "auto":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device} needs a CUDA GPU, and torch sees none here: use --device cpu")
     if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
+    kind, where = resolve_model_spec(spec)
     dtype = dtype or (torch.float16 if device.startswith("cuda") or device == "auto" else torch.float32)
     # Weights are read from safetensors only, local or hub: nothing here unpickles a model.
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}
     if device == "auto":
         kwargs["device_map"] = "auto"
-    if kind == "local" and not any(Path(where).glob("*.safetensors*")):
-        raise FileNotFoundError(
-            f"{where} has no safetensors weights: structprune never unpickles a model (.bin/.pt files can run "
-            "code when loaded). Convert it once where you trust the file, e.g. "
-            "`AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)`.")
-    model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+    if kind == "local":
+        check_local_weights(Path(where))
+    model, info = AutoModelForCausalLM.from_pretrained(where, output_loading_info=True, **kwargs)
+    if kind in ("local", "embedded"):
+        refuse_partial_load(where, info)
     if device != "auto":
         model.to(device)
     model.eval()
@@ -182,6 +191,80 @@ def load_model(spec: str = "embedded", dtype: torch.dtype | str | None = None, d
     tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code) if has_tokenizer else None
     model.structprune_source = describe_model(spec, kind, where)
     return model, tokenizer
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def weight_files(where: Path) -> list[str]:
+    """The weight files a local checkpoint's safetensors index (or single file) names, all of them
+    safetensors inside the folder; anything that would be unpickled is refused."""
+    index = where / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"{index} is not a safetensors index (no weight_map): {error}") from None
+        unsafe = [f for f in files if not f.endswith(".safetensors") or "/" in f or "\\" in f or f.startswith(".")]
+        if unsafe:
+            raise ValueError(f"{index} points at {', '.join(unsafe[:3])}: structprune reads weights only from "
+                             "safetensors files inside the checkpoint folder (pickled .bin/.pt files can run code "
+                             "when loaded). Convert the weights to safetensors where you trust them.")
+        return files
+    if (where / "model.safetensors").is_file():
+        return ["model.safetensors"]
+    pickles = sorted(p.name for p in where.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    raise FileNotFoundError(
+        f"{where} has no safetensors weights{f' (only {pickles[0]})' if pickles else ''}: structprune never "
+        "unpickles a model (.bin/.pt files can run code when loaded). Convert it once where you trust the file, "
+        "e.g. `AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)`.")
+
+
+def safetensors_header(path: Path) -> dict:
+    """The tensor table of a safetensors file, after checking that the file holds every byte it declares
+    (an 8-byte header length, the JSON header, then the data the offsets name)."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path} is empty or truncated ({size} bytes): not a safetensors file")
+        length = int.from_bytes(head, "little")
+        if length > size - 8:
+            raise ValueError(f"{path} is truncated: its header declares {length} bytes, the file has {size}")
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError:
+            raise ValueError(f"{path} has a damaged header: not a safetensors file") from None
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
+    if 8 + length + end > size:
+        raise ValueError(f"{path} is truncated: its tensors need {8 + length + end:,} bytes, the file has {size:,}")
+    return tensors
+
+
+def check_local_weights(where: Path) -> None:
+    """Refuse a local checkpoint whose weights are not all complete safetensors files: a missing shard, an
+    index that points at a pickle, a truncated or empty file."""
+    for name in weight_files(where):
+        path = where / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{where} is incomplete: weight file {name} (named by its index) is missing. "
+                                    "Copy the whole folder again.")
+        try:
+            safetensors_header(path)
+        except ValueError as error:
+            raise ValueError(f"{error}. Copy or save the checkpoint again.") from None
+
+
+def refuse_partial_load(where: str, info: dict) -> None:
+    """Refuse a load that left tensors randomly initialised (missing from the files) or ignored tensors the
+    files hold (unexpected, or of another shape): the model would compute something else than the checkpoint."""
+    problems = [f"{kind.replace('_', ' ')}: {', '.join(sorted(map(str, info.get(kind) or ()))[:4])}"
+                for kind in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(kind)]
+    if problems:
+        raise ValueError(f"{where}: the weights do not match the model its config describes ({'; '.join(problems)}). "
+                         "The checkpoint was modified or copied incompletely; restore the original files or save "
+                         "it again.")
 
 
 def describe_model(spec: str, kind: str, where: str) -> dict:

@@ -39,6 +39,7 @@ from .architectures import (
     value_head_dim,
 )
 from .compensate import COMPENSATIONS, Compensation
+from .options import check_option_values
 from .scores import (
     SCORE_ALIASES,
     SCORES,
@@ -120,6 +121,11 @@ class Composition:
             if unknown:
                 valid = ", ".join(f"{k} (default {v!r})" for k, v in part.defaults.items()) or "none"
                 raise ValueError(f"unknown option(s) {', '.join(unknown)} for {kind} {part.name!r}; valid: {valid}")
+        for kind, options, part in (("score", self.score_options, SCORES[self.score]),
+                                    ("allocation", self.allocation_options, ALLOCATIONS[self.allocation]),
+                                    ("compensation", self.compensation_options, COMPENSATIONS[self.compensation])):
+            check_option_values(part.fn, options, f"{kind} {part.name!r}")
+        check_option_values(Composition, {k: getattr(self, k) for k in COMPOSITION_FIELDS}, "the composition")
         if self.attention_unit not in ATTENTION_UNITS:
             raise ValueError(f"unknown attention unit {self.attention_unit!r}: choose one of {', '.join(ATTENTION_UNITS)}")
         if self.sequential and not ALLOCATIONS[self.allocation].layerwise:
@@ -133,8 +139,6 @@ class Composition:
         if self.attention_unit == "value_channel" and self.attention and self.score not in COLUMN_SCORES:
             raise ValueError(f"value-channel units regroup o_proj column scores; score {self.score!r} has none: "
                              f"choose one of {', '.join(COLUMN_SCORES)}, or attention_unit='kv_group'")
-        if not isinstance(self.round_to, int) or isinstance(self.round_to, bool) or self.round_to < 1:
-            raise ValueError(f"round_to must be a whole number >= 1, got {self.round_to!r}")
         block_metric = self.allocation_options.get("block_metric", "angular")
         if block_metric not in BLOCK_METRICS:
             raise ValueError(f"unknown block_metric {block_metric!r}: choose one of {', '.join(BLOCK_METRICS)}")

@@ -124,6 +124,9 @@ def atomic_write_text(path: Path, text: str) -> None:
     remove_orphans(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path.name), dir=path.parent)
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)  # mkstemp makes 0600: give the file the user's umask, as open() would
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()

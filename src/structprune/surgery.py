@@ -231,21 +231,23 @@ def save_pruned(model, tokenizer, path: str | Path, provenance: dict | None = No
     from .pruned_modeling import PRUNED_CLASSES
 
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists: choose another --output or pass overwrite=True")
+    check_output(path, overwrite)
     if model.config.model_type not in {c.model_type for c, _ in PRUNED_CLASSES.values()}:
         model = finalize_pruned(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_orphans(path.parent)  # what a killed save left behind
     tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(path.name), dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: give the checkpoint the user's umask
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         shutil.copyfile(pruned_modeling.__file__, tmp / MODELING_FILE)
         (tmp / SIDECAR).write_text(json.dumps(provenance or {}, indent=2, default=str) + "\n")
         if path.exists():
-            old = path.with_name(path.name + f".old-{os.getpid()}")
+            # Two renames: a crash between them leaves <path>.old-<pid>, which the next save restores
+            # (`recover_stranded`), so the old checkpoint is never lost.
+            old = path.with_name(path.name + f"{OLD_MARK}{os.getpid()}")
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
@@ -254,6 +256,73 @@ def save_pruned(model, tokenizer, path: str | Path, provenance: dict | None = No
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+OLD_MARK = ".old-"
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A structprune pruned checkpoint: a folder with the provenance sidecar and a pruned config."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (path / SIDECAR).is_file() and str(config.get("model_type", "")).startswith("structpruned_")
+
+
+def recover_stranded(path: Path) -> list[str]:
+    """Finish a replacement of `path` that a crash interrupted: a stranded `<path>.old-<pid>` of a process that
+    no longer runs is restored when `path` is missing, and removed when `path` is there. What was done."""
+    from .records import _running
+
+    done = []
+    for old in sorted(path.parent.glob(f"{path.name}{OLD_MARK}*")):
+        try:
+            pid = int(old.name.rsplit(OLD_MARK, 1)[1])
+        except ValueError:
+            continue
+        if pid == os.getpid() or _running(pid):
+            continue
+        if not path.exists() and is_checkpoint(old):
+            os.replace(old, path)
+            done.append(f"restored {path} from {old.name}, left by an interrupted overwrite")
+        else:
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+            done.append(f"removed {old.name}, left by an interrupted overwrite")
+    return done
+
+
+def check_output(path: Path, overwrite: bool) -> None:
+    """Refuse, before any work, a checkpoint destination that cannot be written: an existing path without
+    --overwrite, anything but a structprune checkpoint with it, a folder that cannot be written."""
+    import warnings
+
+    path = Path(path)
+    for message in recover_stranded(path) if path.parent.is_dir() else []:
+        warnings.warn(message, stacklevel=2)
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{path} exists: choose another --output, or pass --overwrite (overwrite=True) "
+                                  "to replace the checkpoint there")
+        if not path.is_dir() or not is_checkpoint(path):
+            raise FileExistsError(f"{path} is not a structprune checkpoint (no {SIDECAR} and pruned config.json): "
+                                  "--overwrite only replaces a pruned checkpoint; choose another --output")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {path}: {parent} is not a writable folder; choose another --output")
+    try:
+        probe = Path(tempfile.mkdtemp(prefix=temporary_prefix(path.name), dir=parent))
+        probe.rmdir()
+    except OSError as error:
+        raise PermissionError(f"cannot write {path}: {error.strerror} in {parent}; choose another --output") from None
 
 
 def check_checkpoint(path: str | Path) -> None:
@@ -296,11 +365,13 @@ def check_checkpoint(path: str | Path) -> None:
              for k, shape in expected.items() if k in stored and stored[k] != shape]
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     absent = sorted(set(expected) - set(stored) - tied)
-    if wrong or absent:
-        details = "; ".join(wrong[:3] + [f"missing tensor {k}" for k in absent[:3]])
+    extra = sorted(set(stored) - set(expected))  # e.g. a compensation bias the config no longer declares
+    if wrong or absent or extra:
+        details = "; ".join(wrong[:3] + [f"missing tensor {k}" for k in absent[:3]]
+                            + [f"unexpected tensor {k}" for k in extra[:3]])
         raise ValueError(f"{path}: the weights do not match config.json's layer shapes ({details}"
-                         f"{'; ...' if len(wrong) + len(absent) > 3 else ''}). The checkpoint was modified or "
-                         "copied incompletely; re-run the pruning or restore the original files.")
+                         f"{'; ...' if len(wrong) + len(absent) + len(extra) > 3 else ''}). The checkpoint was "
+                         "modified or copied incompletely; re-run the pruning or restore the original files.")
 
 
 def load_pruned(path: str | Path, dtype: torch.dtype | None = None, device: str | None = None):

@@ -15,6 +15,7 @@ import torch
 
 from ..allocate import Plan, check_ratio
 from ..architectures import adapter_for, count_parameters
+from ..options import SEED_LIMIT, check_option_values
 from ..pipeline import Composition, run
 from . import cfsp, fasp, flap, llm_pruner, magnitude, random_sp, saap, wanda_sp
 from .base import Method
@@ -82,6 +83,7 @@ def method_parts(method: str | Composition, options: dict, seed: int | None) -> 
     if seed is not None and "seed" in spec.defaults:  # methods that draw random numbers follow a given seed
         options.setdefault("seed", seed)
     options = resolve_options(spec, options)
+    check_option_values(spec.parts, options, f"method {spec.name!r}")
     return spec.name, spec.label_for(options), options, spec.parts(**options), spec.calibration
 
 
@@ -97,6 +99,8 @@ def prune(model, method: str | Composition, ratio: float, calibration: torch.Ten
     seed of methods that draw random numbers (otherwise their own default). Options not given take the
     method's paper defaults (`structprune methods`).
     """
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT):
+        raise ValueError(f"seed must be a whole number in [0, 2**63), got {seed!r}")
     name, label, options, composition, (dataset, paper_nsamples, paper_seqlen) = method_parts(method, options, seed)
     seed = 0 if seed is None else seed
     ratio = check_ratio(ratio)
@@ -114,7 +118,15 @@ def prune(model, method: str | Composition, ratio: float, calibration: torch.Ten
         dataset = calibration or dataset
         if tokenizer is None:
             raise ValueError(f"method {name!r} calibrates on {dataset!r}: pass tokenizer= (or a tensor of token ids)")
-        nsamples, seqlen = nsamples or paper_nsamples, seqlen or paper_seqlen
+        nsamples = paper_nsamples if nsamples is None else nsamples  # only an absent value means the paper's
+        seqlen = paper_seqlen if seqlen is None else seqlen
+        if not (isinstance(nsamples, int) and nsamples >= 1 and isinstance(seqlen, int) and seqlen >= 2):
+            raise ValueError(f"calibration needs at least 1 sample of at least 2 tokens, got nsamples={nsamples!r}, "
+                             f"seqlen={seqlen!r} (leave them out for the paper's {paper_nsamples} x {paper_seqlen})")
+        context = getattr(model.config, "max_position_embeddings", None)
+        if context and seqlen > context:
+            raise ValueError(f"calibration seqlen {seqlen} is longer than the model's context ({context} tokens): "
+                             f"use --seqlen {context} or less")
         ids = calibration_batches(tokenizer, dataset, nsamples, seqlen, seed, data_path)
         info = {"dataset": dataset, "split": calibration_split(dataset, data_path), "nsamples": nsamples,
                 "seqlen": seqlen, "seed": seed}

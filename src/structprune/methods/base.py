@@ -45,3 +45,4 @@ def choice(name: str, value, valid: tuple) -> None:
     """Refuse an option value outside its choices, listing them."""
     if value not in valid:
         raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(map(str, valid))}")
+
