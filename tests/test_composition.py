@@ -127,3 +127,22 @@ def test_speed_is_always_the_submodule():
             "import structprune.speed; assert inspect.ismodule(structprune.speed); print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ok"
+
+
+def test_the_cli_composes_parts_and_records_them(tmp_path, capsys):
+    from structprune import cli
+    from structprune.models import tiny_llama
+
+    tiny_llama().save_pretrained(tmp_path / "dense", safe_serialization=True)
+    code = cli.main(["prune", "--model", str(tmp_path / "dense"), "--score", "magnitude", "--allocation", "global",
+                     "--option", "round_to=8", "--ratio", "0.3", "--output", str(tmp_path / "out")])
+    assert code == 0
+    record = json.loads(next((tmp_path / "results" / "runs" / "prune").glob("*.json")).read_text())
+    assert record["config"]["method"] == "composed"
+    assert record["config"]["options"]["allocation"] == {"name": "global"}
+    assert record["config"]["options"]["round_to"] == 8
+    model, _ = load_pruned(tmp_path / "out")
+    assert all(layer.mlp.down_proj.in_features % 8 == 0 for layer in model.model.layers)
+    assert cli.main(["prune", "--model", str(tmp_path / "dense"), "--method", "flap", "--score", "wanda", "--ratio",
+                     "0.3", "--output", str(tmp_path / "x")]) == 2
+    assert "drop --score" in capsys.readouterr().err
