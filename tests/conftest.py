@@ -6,6 +6,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("STRUCTPRUNE_PROGRESS", "0")  # progress bars stay quiet in tests
 
 from structprune.data import random_calibration  # noqa: E402
 from structprune.models import load_model, tiny_llama  # noqa: E402

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import evaluation_text
+from .progress import progress
 
 
 def model_context_length(model) -> int | None:
@@ -43,7 +44,7 @@ def perplexity_of_ids(model, ids: torch.Tensor, seqlen: int, max_windows: int | 
     chunks = ids[: windows * seqlen].view(windows, seqlen)
     total_nll, total_tokens = 0.0, 0
     start = time.perf_counter()
-    for first in range(0, windows, batch_size):
+    for first in progress(range(0, windows, batch_size), f"perplexity ({windows} windows of {seqlen})", unit="batch"):
         batch = chunks[first:first + batch_size].to(device)
         logits = model(batch, use_cache=False).logits.float()
         nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="sum")

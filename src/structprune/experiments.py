@@ -86,7 +86,7 @@ def recover(model, tokenizer, plan: Plan, recovery: dict) -> dict:
     options = dict(recovery)
     kind = options.pop("method", "lora")
     if kind == "group_lora":
-        return group_lora_recover(model, tokenizer, progress=False, **options)
+        return group_lora_recover(model, tokenizer, **options)
     if kind != "lora":
         raise ValueError(f"unknown recovery method {kind!r}: choose lora or group_lora")
     direction, rank = options.pop("ranks", "uniform"), options.get("r", 8)
@@ -97,7 +97,7 @@ def recover(model, tokenizer, plan: Plan, recovery: dict) -> dict:
             raise ValueError(f"importance-guided LoRA ranks need per-block keep ratios; method {plan.method!r} "
                              "does not record them (use ranks='uniform')")
         pattern = importance_guided_ranks(model, keep, rank, direction)
-    return lora_recover(model, tokenizer, rank_pattern=pattern, progress=False, **options)
+    return lora_recover(model, tokenizer, rank_pattern=pattern, **options)
 
 
 def pruning_run(settings: dict, method: str, ratio: float, options: dict | None = None,

@@ -100,14 +100,15 @@ def _train(forward_model, trainable: list[nn.Parameter], tokenizer, rows: list[d
            batch_size: int, micro_batch_size: int, cutoff_len: int, warmup_steps: int, device, desc: str,
            progress: bool) -> list[tuple[int, float]]:
     """AdamW on `trainable` with the Alpaca examples of `rows` (LLM-Pruner's recipe); the loss curve."""
-    from tqdm.auto import tqdm
+    from .progress import progress as show
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     optimiser = torch.optim.AdamW(trainable, lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0)
     accumulation, cursor, curve = batch_size // micro_batch_size, 0, []
-    for step in tqdm(range(total_steps), desc=desc, disable=not progress):
+    steps = range(total_steps)
+    for step in (show(steps, desc, unit="step") if progress else steps):
         optimiser.zero_grad(set_to_none=True)
         step_loss = 0.0
         for _ in range(accumulation):

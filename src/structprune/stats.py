@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .architectures import adapter_for, decoder_layers
+from .progress import progress
 
 
 class ChannelStats:
@@ -187,7 +188,10 @@ def collect_statistics(
             return copy.deepcopy(_CACHE[key])
     inputs = capture_layer_inputs(model, calibration, batch_size)
     all_stats: list[dict[str, ChannelStats]] = []
-    for index, layer in enumerate(decoder_layers(model)):
+    layers = decoder_layers(model)
+    mode = "sequential" if prune_layer is not None else "one-shot"
+    for index, layer in progress(enumerate(layers), f"calibration ({mode}, {calibration.shape[0]} x "
+                                 f"{calibration.shape[1]} tokens)", total=len(layers), unit="layer"):
         stats: dict[str, ChannelStats] = {}
         handles = []
         for name in targets:
