@@ -100,6 +100,47 @@ def embedded_checkpoint() -> Path:
     return target
 
 
+TINY_ALIAS = "tiny-smollm2"
+
+
+def tiny_smollm2_checkpoint(seed: int = 0) -> Path:
+    """A tiny random LLaMA with SmolLM2's tokenizer (4 layers, width 64, 4 query / 2 KV heads, MLP 384, tied
+    embeddings), cached as a safetensors checkpoint: the smoke profile's model, on which every notebook runs
+    end to end in seconds. Its numbers mean nothing; it checks that the code runs."""
+    target = cache_dir() / f"tiny-random-smollm2-seed{seed}"
+    if (target / "provenance.json").is_file():
+        return target
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_checkpoint())
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=384, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # a wider spread than HF's 0.02, so that units' scores differ
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.2)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "provenance.json").write_text(json.dumps({"source": "random LLaMA (structprune.models."
+                                                         "tiny_smollm2_checkpoint) with SmolLM2's tokenizer",
+                                                         "seed": seed}, indent=2))
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            if not (target / "provenance.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def _looks_like_path(spec: str) -> bool:
     # Hub ids are `name` or `org/name`; anything else with a slash is meant as a path.
     return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
@@ -124,6 +165,8 @@ def resolve_model_spec(spec: str) -> tuple[str, str]:
     """Where a model spec points: ("embedded"|"local"|"hub", path-or-id). Fails with advice."""
     if spec in EMBEDDED_ALIASES:
         return "embedded", str(embedded_checkpoint())
+    if spec == TINY_ALIAS:
+        return "tiny", str(tiny_smollm2_checkpoint())
     expanded = Path(spec).expanduser()
     if expanded.is_dir():
         if not (expanded / "config.json").is_file():
@@ -182,7 +225,7 @@ def load_model(spec: str = "embedded", dtype: torch.dtype | str | None = None, d
     if kind == "local":
         check_local_weights(Path(where))
     model, info = AutoModelForCausalLM.from_pretrained(where, output_loading_info=True, **kwargs)
-    if kind in ("local", "embedded"):
+    if kind in ("local", "embedded", "tiny"):
         refuse_partial_load(where, info)
     if device != "auto":
         model.to(device)
@@ -271,7 +314,7 @@ def describe_model(spec: str, kind: str, where: str) -> dict:
     """The model's identity for records: spec, source and revision."""
     info = {"spec": spec, "kind": kind}
     provenance = Path(where) / "provenance.json"
-    if kind == "embedded" and provenance.is_file():
+    if kind in ("embedded", "tiny") and provenance.is_file():
         info.update(json.loads(provenance.read_text()))
     elif kind == "local":
         sidecar = Path(where) / "pruning.json"
