@@ -42,26 +42,74 @@ def perplexity_of_ids(model, ids: torch.Tensor, seqlen: int, max_windows: int | 
         raise ValueError(f"the evaluation text has {ids.numel()} tokens, fewer than one window of {seqlen}")
     device = next(model.parameters()).device
     chunks = ids[: windows * seqlen].view(windows, seqlen)
-    total_nll, total_tokens = 0.0, 0
+    total_nll, total_tokens, window_nll = 0.0, 0, []
     start = time.perf_counter()
     for first in progress(range(0, windows, batch_size), f"perplexity ({windows} windows of {seqlen})", unit="batch"):
         batch = chunks[first:first + batch_size].to(device)
         logits = model(batch, use_cache=False).logits.float()
-        nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="sum")
+        flat_logits, targets = logits[:, :-1].reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1)
+        nll = F.cross_entropy(flat_logits, targets, reduction="sum")
         total_nll += nll.item()
         total_tokens += batch[:, 1:].numel()
+        per_token = F.cross_entropy(flat_logits, targets, reduction="none").double().view(len(batch), -1)
+        window_nll += per_token.mean(1).tolist()
     mean_nll = total_nll / total_tokens
     if not math.isfinite(mean_nll):
         raise FloatingPointError(f"the model's loss is {mean_nll} on these windows (NaN or Inf in its outputs): the "
                                  "weights are damaged or overflow in this dtype; check them, or evaluate in float32")
+    low, high = perplexity_interval(window_nll)
     return {
         "perplexity": math.exp(mean_nll),
         "mean_nll": mean_nll,
+        "ci95": [low, high],  # delta method over windows (perplexity_interval)
+        "window_nll": window_nll,  # per window: paired comparisons of two models on the same windows
         "windows": windows,
         "tokens": total_tokens,
         "seqlen": seqlen,
         "seconds": time.perf_counter() - start,
     }
+
+
+def average_stderr(tasks: dict) -> float | None:
+    """Standard error of the unweighted task average: sqrt(sum of squared task standard errors) / tasks (the
+    tasks' documents are independent). Each task's is lm-eval's stderr of its paper metric (acc for BoolQ and
+    WinoGrande, acc_norm for the others); None when a task has none."""
+    errors = [t.get(f"{PAPER_METRIC.get(name, 'acc')}_stderr") for name, t in tasks.items()]
+    if not errors or any(e is None or e != e for e in errors):
+        return None
+    return math.sqrt(sum(e * e for e in errors)) / len(errors)
+
+
+Z95 = 1.959963984540054  # two-sided 95 % normal quantile
+
+
+def perplexity_interval(window_nll: list[float], z: float = Z95) -> tuple[float, float]:
+    """95 % interval of the perplexity over evaluation windows, by the delta method on the log scale: every
+    window has the same number of predicted tokens, so log PPL is the mean of the window mean NLLs; its
+    standard error is their sample standard deviation / sqrt(windows), and the interval is
+    exp(mean +- z SE). One window gives no spread: the interval is the point."""
+    values = torch.tensor(window_nll, dtype=torch.float64)
+    mean = values.mean().item()
+    se = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return math.exp(mean - z * se), math.exp(mean + z * se)
+
+
+def paired_perplexity(a: dict, b: dict, z: float = Z95) -> dict:
+    """Model a against model b on the same windows (two perplexity results with `window_nll`): the ratio
+    PPL_a / PPL_b = exp(mean of the per-window NLL differences), its 95 % interval from the paired standard
+    error, and the verdict: "a lower", "b lower", or "not distinguishable" when the interval includes 1."""
+    if "window_nll" not in a or "window_nll" not in b:
+        raise ValueError("paired comparisons need per-window losses (window_nll): records computed before they were "
+                         "kept have none; compute them again")
+    if len(a["window_nll"]) != len(b["window_nll"]) or a.get("seqlen") != b.get("seqlen"):
+        raise ValueError(f"not the same windows: {len(a['window_nll'])} x {a.get('seqlen')} against "
+                         f"{len(b['window_nll'])} x {b.get('seqlen')} tokens")
+    diff = torch.tensor(a["window_nll"], dtype=torch.float64) - torch.tensor(b["window_nll"], dtype=torch.float64)
+    mean = diff.mean().item()
+    se = diff.std().item() / math.sqrt(len(diff)) if len(diff) > 1 else 0.0
+    low, high = math.exp(mean - z * se), math.exp(mean + z * se)
+    verdict = "a lower" if high < 1 else "b lower" if low > 1 else "not distinguishable"
+    return {"ratio": math.exp(mean), "ci95": [low, high], "windows": len(diff), "verdict": verdict}
 
 
 # Tokenised evaluation texts of this process (WikiText-2 test: about 1 s to tokenise, the C4 sample 5 s): a
@@ -165,10 +213,12 @@ def zero_shot(model, tokenizer, tasks=PAPER_TASKS, limit: int | None = None, bat
                 entry[metric] = raw[f"{metric},none"]
                 entry[f"{metric}_stderr"] = raw.get(f"{metric}_stderr,none")
         entry["score"] = entry[PAPER_METRIC[task]]
+        entry["score_stderr"] = entry.get(f"{PAPER_METRIC[task]}_stderr")
         results[task] = entry
     return {
         "tasks": results,
         "average": sum(r["score"] for r in results.values()) / len(results),
+        "average_stderr": average_stderr(results),
         "metric_convention": "acc for boolq and winogrande, acc_norm for the others; average unweighted",
         "limit": limit, "num_fewshot": 0, "seconds": seconds, "lm_eval_version": version("lm_eval"),
     }

@@ -1,0 +1,48 @@
+"""Error bars: the perplexity interval (delta method over windows), paired comparisons on the same windows,
+and the standard error of the zero-shot average, each against a direct computation."""
+
+import math
+
+import numpy as np
+import pytest
+
+from structprune.data import random_calibration
+from structprune.evaluate import average_stderr, paired_perplexity, perplexity_interval, perplexity_of_ids
+
+
+def test_window_losses_reproduce_the_perplexity_and_its_interval(tiny):
+    ids = random_calibration(256, 1, 16 * 12, seed=3).flatten()
+    result = perplexity_of_ids(tiny, ids, seqlen=16, batch_size=5)  # batches that do not divide the windows
+    windows = np.array(result["window_nll"])
+    assert len(windows) == result["windows"] == 12
+    assert math.isclose(math.exp(windows.mean()), result["perplexity"], rel_tol=1e-6)
+    se = windows.std(ddof=1) / math.sqrt(len(windows))
+    assert result["ci95"] == pytest.approx([math.exp(windows.mean() - 1.959963984540054 * se),
+                                            math.exp(windows.mean() + 1.959963984540054 * se)], rel=1e-12)
+    assert result["ci95"][0] < result["perplexity"] < result["ci95"][1]
+
+
+def test_paired_comparison_uses_the_per_window_differences():
+    a = {"window_nll": [3.0, 3.2, 2.9, 3.1, 3.05], "seqlen": 16}
+    b = {"window_nll": [3.1, 3.35, 3.0, 3.2, 3.1], "seqlen": 16}
+    diff = np.array(a["window_nll"]) - np.array(b["window_nll"])
+    se = diff.std(ddof=1) / math.sqrt(len(diff))
+    result = paired_perplexity(a, b)
+    assert result["ratio"] == pytest.approx(math.exp(diff.mean()))
+    assert result["ci95"] == pytest.approx([math.exp(diff.mean() - 1.959963984540054 * se),
+                                            math.exp(diff.mean() + 1.959963984540054 * se)])
+    assert result["verdict"] == "a lower"  # a is lower on every window
+    noisy = {"window_nll": [3.0, 3.4, 2.8, 3.3, 3.0], "seqlen": 16}
+    assert paired_perplexity(noisy, b)["verdict"] == "not distinguishable"
+    with pytest.raises(ValueError, match="not the same windows"):
+        paired_perplexity(a, {"window_nll": [3.0], "seqlen": 16})
+
+
+def test_interval_of_one_window_is_the_point():
+    assert perplexity_interval([2.0]) == (math.exp(2.0), math.exp(2.0))
+
+
+def test_average_stderr_is_the_root_sum_of_squares_over_the_task_count():
+    tasks = {"boolq": {"acc_stderr": 0.03, "acc_norm_stderr": 0.5}, "piqa": {"acc_stderr": 0.9, "acc_norm_stderr": 0.04}}
+    assert average_stderr(tasks) == pytest.approx(math.sqrt(0.03**2 + 0.04**2) / 2)  # each task's paper metric
+    assert average_stderr({"boolq": {"acc_stderr": None}}) is None
