@@ -58,7 +58,14 @@ def digest(case) -> dict:
     family, method, ratio, options = case
     model = tiny_llama() if family == "llama" else tiny_opt()
     calibration = random_calibration(256, nsamples=12, seqlen=24, seed=1)
-    result = prune(copy.deepcopy(model), method, ratio, calibration=calibration, **options)
+    if "target_params" in options:  # LLM-Pruner's own option (prune's target_params is the general one)
+        from structprune.methods import METHODS, resolve_options
+
+        spec = METHODS[method]
+        result = prune(copy.deepcopy(model), spec.parts(**resolve_options(spec, options)), ratio,
+                       calibration=calibration)
+    else:
+        result = prune(copy.deepcopy(model), method, ratio, calibration=calibration, **options)
     plan = result.plan
     units = json.dumps([plan.kept_groups, plan.kept_channels, plan.kept_values], sort_keys=True).encode()
     biases = json.dumps([plan.o_bias, plan.down_bias]).encode()

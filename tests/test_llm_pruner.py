@@ -109,7 +109,7 @@ def test_uniform_per_group_ratio_inside_the_default_range():
 
 def test_target_params_asks_for_a_whole_model_fraction():
     model = tiny_llama(num_layers=8, hidden_size=96, num_heads=8, num_kv_heads=4, intermediate_size=384)
-    result = prune(model, "llm_pruner", 0.0, calibration=random_calibration(256, 4, 16), target_params=0.2)
+    result = prune(model, "llm_pruner", calibration=random_calibration(256, 4, 16), target_params=0.2)
     achieved = 1 - result.params_after / result.params_before
     largest_step = max(result.plan.group_params) * 6  # one more group in each of the 6 pruned layers
     assert abs(achieved - 0.2) * result.params_before <= largest_step

@@ -117,8 +117,9 @@ def cmd_prune(args) -> int:
     from .surgery import check_output, save_pruned
 
     options = _parse_options(args.option)
-    if args.target_params is not None:
-        options["target_params"] = args.target_params
+    if (args.ratio is None) == (args.target_params is None):
+        raise ValueError("give --ratio (the method's own ratio) or --target-params (the fraction of the whole "
+                         "model's parameters to remove), one of them")
     method = _method_or_composition(args, options)
     if not isinstance(method, str):
         options = {}  # routed into the composition
@@ -127,10 +128,11 @@ def cmd_prune(args) -> int:
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     check_free_space(output, model)
     result = prune(model, method, args.ratio, calibration=args.calibration, tokenizer=tokenizer,
-                   nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, **options)
+                   nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, target_params=args.target_params,
+                   **options)
     # The checkpoint is part of the run: pruning the same config to another folder is another record.
     config = {"command": "prune", "model": model.structprune_source, "method": result.method, "ratio": args.ratio,
-              "options": result.options, "calibration": result.calibration, "seed": args.seed,
+              "target_params": args.target_params, "options": result.options, "calibration": result.calibration, "seed": args.seed,
               "dtype": str(model.dtype), "recover": args.recover, "output": str(output.resolve())}
     recovery = None
     if args.recover == "lora":
@@ -155,7 +157,7 @@ def cmd_prune(args) -> int:
         shutil.rmtree(output, ignore_errors=True)
         raise OSError(f"the run record could not be written ({error.strerror or error}), so the checkpoint "
                       f"{output} was removed too: free space or fix the results folder, then run again") from None
-    print(f"{result.label} ratio {args.ratio}: {result.params_before:,} -> {result.params_after:,} parameters "
+    print(f"{result.label} ratio {result.ratio:.4g}: {result.params_before:,} -> {result.params_after:,} parameters "
           f"in {result.seconds:.1f} s")
     for name, value in metrics.items():
         if name.startswith("perplexity_"):
@@ -262,9 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--score", default=None, help="compose parts instead: unit score (see `structprune methods`)")
     pr.add_argument("--allocation", default=None, help="compose parts: allocation rule (default uniform)")
     pr.add_argument("--compensation", default=None, help="compose parts: compensation (default none)")
-    pr.add_argument("--ratio", type=float, required=True, help="pruning ratio in [0, 1)")
+    pr.add_argument("--ratio", type=float, default=None, help="the method's own pruning ratio, in [0, 1)")
     pr.add_argument("--target-params", type=float, default=None,
-                    help="llm_pruner: whole-model parameter fraction to remove (sets the per-group ratio)")
+                    help="instead of --ratio: the fraction of the whole model's parameters to remove (solved by a "
+                         "search over the method's ratio)")
     pr.add_argument("--calibration", default=None, help="wikitext2 | ptb | c4 | bookcorpus (default: the paper's)")
     pr.add_argument("--nsamples", type=positive_int, default=None, help="calibration sequences (default: the paper's)")
     pr.add_argument("--seqlen", type=positive_int, default=None, help="calibration tokens per sequence (default: the paper's)")

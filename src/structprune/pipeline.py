@@ -43,6 +43,7 @@ from .options import check_option_values
 from .scores import (
     SCORE_ALIASES,
     SCORES,
+    LayerScores,
     down_proj,
     group_scores,
     group_width,
@@ -265,10 +266,7 @@ def kept_value_channels(column_scores: torch.Tensor, groups: int, n_rep: int, dv
     """FASP's attention units: in every KV group the dv - floor(r dv) value channels whose score, summed over
     the group's query heads, is highest (one value width for every head; rounded to a multiple of round_to)."""
     unit_scores = column_scores.view(groups, n_rep, dv).sum(1)
-    keep = dv - math.floor(ratio * dv)
-    if round_to > 1 and keep:  # hardware-friendly value width, as for the MLP channels
-        keep = min(max(round(keep / round_to), 1) * round_to, dv)
-    return [keep_highest(unit_scores[g], keep) for g in range(groups)]
+    return [keep_highest(unit_scores[g], value_width(dv, ratio, round_to)) for g in range(groups)]
 
 
 def cut_layer(model, plan: Plan, composition: Composition, index: int, kept_groups: list[int],
@@ -324,9 +322,64 @@ def cut_layer(model, plan: Plan, composition: Composition, index: int, kept_grou
 
 # --- the pipeline ----------------------------------------------------------------------------------------------
 
-def run(model, ratio: float, calibration: torch.Tensor | None, composition: Composition, method: str = "composed",
-        options: dict | None = None) -> Plan:
-    """Prune `model` in place with `composition` at `ratio`; the plan it applied (see the module docstring)."""
+def value_width(dv: int, ratio: float, round_to: int) -> int:
+    """Value channels every KV group keeps under value-channel units: dv - floor(r dv), rounded."""
+    keep = dv - math.floor(ratio * dv)
+    if round_to > 1 and keep:  # hardware-friendly value width, as for the MLP channels
+        keep = min(max(round(keep / round_to), 1) * round_to, dv)
+    return keep
+
+
+def removed_params(model, kept, layer_scores: list, composition: Composition, ratio: float) -> int:
+    """Parameters of the whole model that cutting `kept` (an allocation's result at `ratio`) removes, less the
+    compensation biases it adds: what the cut will do, computed without cutting (`solve_ratio` searches it)."""
+    adapter, config = adapter_for(model), model.config
+    adds_bias = composition.compensation == "mean_bias"
+    removed = 0
+    for index, (shape, scores) in enumerate(zip(layer_shapes(model), layer_scores, strict=True)):
+        if scores is None:
+            continue
+        groups = (kept.groups[index] if composition.attention and composition.attention_unit == "kv_group"
+                  else range(shape.kv_groups))
+        channels = round_kept(kept.channels[index], scores.channels, composition.round_to)
+        removed += (shape.kv_groups - len(groups)) * shape.group_params
+        removed += (shape.channels - len(channels)) * shape.channel_params
+        attention_cut = len(groups) < shape.kv_groups
+        if composition.attention and composition.attention_unit == "value_channel" and shape.kv_groups:
+            attn = attention_of(decoder_layers(model)[index], adapter)
+            dv = value_head_dim(attn, adapter, shape.kv_groups, config)
+            width = value_width(dv, ratio, composition.round_to)
+            unit = config.hidden_size * (1 + queries_per_group(config)) + (attn.get_submodule(adapter.v).bias is not None)
+            removed += shape.kv_groups * (dv - width) * unit
+            attention_cut = attention_cut or width < dv
+        if adds_bias:
+            removed -= config.hidden_size * ((attention_cut and o_proj(model, index).bias is None)
+                                             + (len(channels) < shape.channels and down_proj(model, index).bias is None))
+    return removed
+
+
+def solve_ratio(removed_at, goal: float) -> float:
+    """The method's own ratio whose removal is closest to `goal` parameters: bisection on r in [0, 0.999] for the
+    boundary where the removal reaches the goal (every rule removes more as r grows), then the closer side."""
+    low, high = 0.0, 0.999
+    most = removed_at(high)
+    if most < goal:
+        raise ValueError(f"the target asks to remove {goal:,.0f} parameters, but this method removes at most "
+                         f"{most:,} (at ratio {high}): ask for a smaller target")
+    for _ in range(40):
+        middle = (low + high) / 2
+        if removed_at(middle) >= goal:
+            high = middle
+        else:
+            low = middle
+    return min((low, high), key=lambda r: (abs(removed_at(r) - goal), r))
+
+
+def run(model, ratio: float | None, calibration: torch.Tensor | None, composition: Composition,
+        method: str = "composed", options: dict | None = None, target_params: float | None = None) -> Plan:
+    """Prune `model` in place with `composition` at `ratio`, or at the ratio of the method's own rule whose cut
+    removes the fraction `target_params` of the whole model's parameters; the plan it applied (see the module
+    docstring)."""
     from .surgery import finalize_pruned
 
     composition.check()
@@ -337,7 +390,7 @@ def run(model, ratio: float, calibration: torch.Tensor | None, composition: Comp
                          "(token ids, or a dataset name with a tokenizer)")
     score, allocation = SCORES[composition.score], ALLOCATIONS[composition.allocation]
     shapes = layer_shapes(model)
-    plan = empty_plan(model, method, ratio, options if options is not None else composition.describe())
+    plan = empty_plan(model, method, ratio or 0.0, options if options is not None else composition.describe())
     plan.parts = composition.describe()
     if composition.attention_unit == "value_channel":
         plan.kept_values = [None] * len(shapes)
@@ -349,8 +402,17 @@ def run(model, ratio: float, calibration: torch.Tensor | None, composition: Comp
         evidence.gradients, evidence.fisher = lm_loss_gradients(model, calibration, active, "fisher" in needs)
     if "batch_taylor" in needs:
         evidence.batch_taylor = batch_taylor(model, calibration, composition.gradient_batches)
-    budget = Budget(ratio=ratio, shapes=shapes, group_width=group_width(model.config),
+    budget = Budget(ratio=ratio or 0.0, shapes=shapes, group_width=group_width(model.config),
                     params_before=plan.params_before, round_to=composition.round_to)
+
+    def solve_for_target(layer_scores: list) -> None:
+        """Set the ratio (budget and plan) whose cut meets target_params, searching the allocation's results."""
+        def removed_at(r: float) -> int:
+            trial = Budget(r, shapes, budget.group_width, budget.params_before, budget.round_to)
+            kept = allocation.fn(layer_scores, trial, evidence, **composition.allocation_options)
+            return removed_params(model, kept, layer_scores, composition, r)
+
+        budget.ratio = plan.ratio = solve_ratio(removed_at, target_params * plan.params_before)
 
     def scores_of(index: int):
         return score.fn(model, index, evidence, **composition.score_options)
@@ -364,10 +426,15 @@ def run(model, ratio: float, calibration: torch.Tensor | None, composition: Comp
 
     gram = "gram" in needs
     if composition.sequential:
+        if target_params is not None:  # a layer-wise rule's counts depend on the shapes alone, not the scores
+            solve_for_target([LayerScores(torch.zeros(s.kv_groups), torch.zeros(s.channels),
+                                          torch.zeros(s.kv_groups * budget.group_width)) for s in shapes])
+
         def prune_now(index: int, stats: dict[str, ChannelStats]) -> None:
             evidence.stats = {index: stats}
             layer_scores = scores_of(index)
-            layer_budget = Budget(ratio, [shapes[index]], budget.group_width, budget.params_before, budget.round_to)
+            layer_budget = Budget(budget.ratio, [shapes[index]], budget.group_width, budget.params_before,
+                                  budget.round_to)
             kept = allocation.fn([layer_scores], layer_budget, evidence, **composition.allocation_options)
             cut(index, layer_scores, kept.groups[0], kept.channels[0])
 
@@ -381,6 +448,8 @@ def run(model, ratio: float, calibration: torch.Tensor | None, composition: Comp
                                                           block_metric)
             evidence.stats = dict(enumerate(stats))
         layer_scores = [scores_of(i) if i in active else None for i in range(len(shapes))]
+        if target_params is not None:
+            solve_for_target(layer_scores)
         kept = allocation.fn(layer_scores, budget, evidence, **composition.allocation_options)
         plan.extras = kept.extras
         for index, s in enumerate(layer_scores):

@@ -87,9 +87,9 @@ def method_parts(method: str | Composition, options: dict, seed: int | None) -> 
     return spec.name, spec.label_for(options), options, spec.parts(**options), spec.calibration
 
 
-def prune(model, method: str | Composition, ratio: float, calibration: torch.Tensor | str | None = None,
+def prune(model, method: str | Composition, ratio: float | None = None, calibration: torch.Tensor | str | None = None,
           tokenizer=None, nsamples: int | None = None, seqlen: int | None = None, seed: int | None = None,
-          data_path=None, **options) -> PruneResult:
+          data_path=None, target_params: float | None = None, **options) -> PruneResult:
     """Prune `model` in place with a paper method (by name) or a `compose(...)`d one; the result (plan,
     timings, parameters).
 
@@ -98,12 +98,25 @@ def prune(model, method: str | Composition, ratio: float, calibration: torch.Ten
     nsamples/seqlen default to the paper's. seed: the calibration sample (default 0) and, when given, the
     seed of methods that draw random numbers (otherwise their own default). Options not given take the
     method's paper defaults (`structprune methods`).
+
+    target_params: instead of a ratio, the fraction of the whole model's parameters to remove. It is solved
+    by a search over the method's own ratio (its rule unchanged, on scores computed once), so the achieved
+    fraction is as close as that rule's granularity allows (`plan.extras` records target and achievement).
     """
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT):
         raise ValueError(f"seed must be a whole number in [0, 2**63), got {seed!r}")
     name, label, options, composition, (dataset, paper_nsamples, paper_seqlen) = method_parts(method, options, seed)
     seed = 0 if seed is None else seed
-    ratio = check_ratio(ratio)
+    if (ratio is None) == (target_params is None):
+        raise ValueError("give a pruning ratio or target_params (the fraction of the model's parameters to remove), "
+                         "one of them")
+    if target_params is not None:
+        if not isinstance(target_params, int | float) or isinstance(target_params, bool) or not 0 < target_params < 1:
+            raise ValueError(f"target_params must be a fraction in (0, 1) of the model's parameters, got "
+                             f"{target_params!r}")
+        ratio = None
+    else:
+        ratio = check_ratio(ratio)
     adapter_for(model)  # unsupported architecture: fail before any work
     check_finite_weights(model)
     info: dict = {"dataset": None}
@@ -138,7 +151,10 @@ def prune(model, method: str | Composition, ratio: float, calibration: torch.Ten
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     torch.manual_seed(seed)
-    plan = run(model, ratio, ids, composition, method=name, options=options)
+    plan = run(model, ratio, ids, composition, method=name, options=options, target_params=target_params)
+    if target_params is not None:
+        ratio = plan.ratio
+        plan.extras.update(target_params=target_params, achieved_fraction=1 - plan.params_after / plan.params_before)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

@@ -1,0 +1,45 @@
+"""Matched parameter counts: `target_params` removes a fraction of the whole model's parameters, solved by a
+search over each method's own ratio, for every method and for compositions."""
+
+import copy
+
+import pytest
+
+from structprune import compose, prune
+from structprune.data import random_calibration
+from structprune.methods import METHODS
+from structprune.models import tiny_llama
+
+MODEL = dict(num_layers=4, hidden_size=96, num_heads=6, num_kv_heads=3, intermediate_size=256)
+COMPOSED = {"wifv x cfsp x least_squares": dict(score="wifv", allocation="cfsp", compensation="least_squares", a=1000.0),
+            "taylor x global x mean_bias": dict(score="taylor", allocation="global", compensation="mean_bias")}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama(**MODEL)
+
+
+@pytest.mark.parametrize("target", [0.2, 0.4])
+@pytest.mark.parametrize("method", sorted(METHODS) + sorted(COMPOSED))
+def test_target_params_is_met_within_one_unit_and_equals_the_solved_ratio(method, target, model):
+    calibration = random_calibration(256, 10, 24, seed=1)
+    spec = compose(**COMPOSED[method]) if method in COMPOSED else method
+    result = prune(copy.deepcopy(model), spec, calibration=calibration, target_params=target)
+    removed = result.params_before - result.params_after
+    assert abs(removed - target * result.params_before) <= max(result.plan.group_params)  # one unit, the largest
+    assert result.plan.extras["target_params"] == target
+    assert result.plan.extras["achieved_fraction"] == pytest.approx(removed / result.params_before)
+    # the same method at the solved ratio is the same cut
+    again = prune(copy.deepcopy(model), spec, result.ratio, calibration=calibration)
+    assert again.params_after == result.params_after
+    assert again.plan.kept_channels == result.plan.kept_channels and again.plan.kept_groups == result.plan.kept_groups
+
+
+def test_ratio_and_target_are_one_or_the_other(model):
+    with pytest.raises(ValueError, match="a pruning ratio or target_params"):
+        prune(copy.deepcopy(model), "magnitude", 0.2, target_params=0.2)
+    with pytest.raises(ValueError, match="target_params must be a fraction in \\(0, 1\\)"):
+        prune(copy.deepcopy(model), "magnitude", target_params=1.5)
+    with pytest.raises(ValueError, match="removes at most"):
+        prune(copy.deepcopy(model), "cfsp", calibration=random_calibration(256, 4, 16), target_params=0.95)
