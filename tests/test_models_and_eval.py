@@ -72,3 +72,18 @@ def test_records_are_atomic_findable_and_load_as_a_frame(tmp_path):
     assert not list(path.parent.glob("*.tmp-*"))
     frame = load_records(experiment="unit")
     assert frame.loc[0, "metrics.perplexity"] == 12.5 and frame.loc[0, "config.ratio"] == 0.2
+
+
+def test_multi_head_copy_computes_the_same_function():
+    import torch
+
+    from structprune.architectures import count_parameters
+    from structprune.models import repeat_kv_heads, tiny_llama
+
+    gqa = tiny_llama(hidden_size=96, num_heads=6, num_kv_heads=2)  # head_dim 16, 3 query heads per KV head
+    mha = repeat_kv_heads(gqa)
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(mha(ids).logits, gqa(ids).logits, atol=1e-5, rtol=1e-5)
+    assert mha.config.num_key_value_heads == 6
+    assert count_parameters(mha) - count_parameters(gqa) == 3 * 2 * (6 - 2) * 16 * 96  # layers x (k, v) x new rows x in

@@ -356,3 +356,25 @@ def tiny_opt(num_layers: int = 2, hidden_size: int = 64, num_heads: int = 4, ffn
     model.structprune_source = {"spec": "tiny_opt", "kind": "random", "seed": seed}
     return model.eval()
 
+
+
+def repeat_kv_heads(model):
+    """A multi-head copy of a grouped-query LLaMA: each key/value head repeated for the query heads that share
+    it, so every query head has its own (identical) key and value head. The same function (the stock attention
+    repeats them too), with more parameters: how code that knows no GQA (the official FLAP) sees the model."""
+    import copy
+
+    config = copy.deepcopy(model.config)
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    n_rep, head_dim = heads // kv_heads, getattr(config, "head_dim", None) or config.hidden_size // heads
+    config.num_key_value_heads = heads
+    mha = type(model)(config).to(next(model.parameters()).dtype)
+    state = model.state_dict()
+    for name in list(state):
+        if name.endswith(("k_proj.weight", "v_proj.weight", "k_proj.bias", "v_proj.bias")):
+            value = state[name]
+            state[name] = value.view(kv_heads, head_dim, *value.shape[1:]).repeat_interleave(n_rep, dim=0).reshape(
+                heads * head_dim, *value.shape[1:])
+    mha.load_state_dict(state)
+    mha.structprune_source = {**getattr(model, "structprune_source", {}), "multi_head_copy": True}
+    return mha.eval()
