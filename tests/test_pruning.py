@@ -227,11 +227,26 @@ def test_sidecar_records_plan_and_config_records_layer_shapes(tiny, calibration,
 
 
 def _tiny_family(family: str):
-    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
     kwargs = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    config_class, model_class = {"qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    if family == "llama3":  # Llama 3's rope scaling
+        kwargs["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    if family == "qwen3":
+        kwargs["head_dim"] = 16
+    config_class, model_class = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+                                 "llama3": (LlamaConfig, LlamaForCausalLM),
                                  "mistral": (MistralConfig, MistralForCausalLM)}[family]
     torch.manual_seed(0)
     model = model_class(config_class(**kwargs)).eval()
@@ -241,14 +256,15 @@ def _tiny_family(family: str):
     return model
 
 
-@pytest.mark.parametrize("family", ["qwen2", "mistral"])
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama3", "mistral"])
 def test_other_families_prune_save_and_reload(family, calibration, probe, tmp_path):
     model = _tiny_family(family)
     linear = sum(p.numel() for n, p in model.named_parameters() if "layers" in n and "proj" in n)
     assert sum(s.params for s in layer_shapes(model)) == linear  # Qwen2's q/k/v biases are in the units
     result = prune(model, "flap", 0.5, calibration=calibration, structure="UL-UM")
     assert result.params_after == count_parameters(model) == result.plan.params_after
-    expected = {"qwen2": "StructprunedQwen2ForCausalLM", "mistral": "StructprunedMistralForCausalLM"}[family]
+    expected = {"qwen2": "StructprunedQwen2ForCausalLM", "qwen3": "StructprunedQwen3ForCausalLM",
+                "llama3": "StructprunedLlamaForCausalLM", "mistral": "StructprunedMistralForCausalLM"}[family]
     assert type(model).__name__ == expected
     save_pruned(model, None, tmp_path / family)
     reloaded, _ = load_pruned(tmp_path / family)
@@ -348,3 +364,52 @@ def test_unaligned_widths_for_a_gpu_are_named_loudly(tiny, calibration):
         assert warn_unaligned_widths(plan) == [0, 1, 2]
     rounded = prune(copy.deepcopy(tiny), "wanda_sp", 0.3, calibration=calibration, round_to=8).plan
     assert warn_unaligned_widths(rounded) == []
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_every_method_prunes_qwen3_ratio_zero_is_the_identity_and_the_checkpoint_reloads(method, calibration, probe,
+                                                                                         tmp_path):
+    model = _tiny_family("qwen3")
+    dense = copy.deepcopy(model)
+    prune(model, method, 0.0, calibration=calibration)
+    assert torch.equal(logits(model, probe), logits(dense, probe))
+    prune(dense, method, 0.5, calibration=calibration)
+    save_pruned(dense, None, tmp_path / "qwen3")
+    reloaded, _ = load_pruned(tmp_path / "qwen3")
+    assert torch.equal(logits(reloaded, probe), logits(dense, probe))
+
+
+@pytest.mark.slow
+def test_a_pruned_qwen3_loads_with_remote_code_alone(calibration, probe, tmp_path):
+    model = _tiny_family("qwen3")
+    prune(model, "fasp", 0.4, calibration=calibration)  # narrow values: the remote code's own attention
+    save_pruned(model, None, tmp_path / "qwen3")
+    from safetensors.torch import load_file, save_file
+
+    save_file({"ids": probe}, tmp_path / "probe.safetensors")
+    code = (f"from safetensors.torch import load_file, save_file; from transformers import AutoModelForCausalLM; "
+            f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'qwen3')!r}, trust_remote_code=True); "
+            f"ids = load_file({str(tmp_path / 'probe.safetensors')!r})['ids']; "
+            f"save_file({{'logits': m(ids, use_cache=False).logits.detach()}}, {str(tmp_path / 'out.safetensors')!r}); "
+            f"print(type(m).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.stdout.strip() == "StructprunedQwen3ForCausalLM", out.stderr[-800:]
+    assert torch.equal(load_file(tmp_path / "out.safetensors")["logits"], logits(model, probe))
+
+
+def test_qwen3_narrow_values_apply_the_query_and_key_norms(calibration, probe):
+    """FASP's value-width attention on Qwen3 equals the dense model with the removed value units zeroed."""
+    model = _tiny_family("qwen3")
+    pruned = copy.deepcopy(model)
+    plan = prune(pruned, "fasp", 0.4, calibration=calibration, restore=False).plan
+    masked = copy.deepcopy(model)
+    d, n_rep = 16, 2
+    with torch.no_grad():
+        for index, layer in enumerate(masked.model.layers):
+            for g, kept in enumerate(plan.kept_values[index]):
+                for c in set(range(d)) - set(kept):
+                    layer.self_attn.v_proj.weight[g * d + c] = 0
+                    for r in range(n_rep):
+                        layer.self_attn.o_proj.weight[:, (g * n_rep + r) * d + c] = 0
+            layer.mlp.down_proj.weight[:, sorted(set(range(96)) - set(plan.kept_channels[index]))] = 0
+    assert torch.allclose(logits(pruned, probe), logits(masked, probe), atol=1e-5, rtol=0)

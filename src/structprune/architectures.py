@@ -28,6 +28,10 @@ class Adapter:
     gate: str | None = "gate_proj"  # None: an ungated MLP, down(act(up(x)))
     up: str = "up_proj"
     down: str = "down_proj"
+    # Per-head RMSNorms of queries and keys (Qwen3): one head_dim-wide weight shared by every head, so removing
+    # heads leaves them as they are; narrower value heads must still apply them.
+    q_norm: str | None = None
+    k_norm: str | None = None
 
     def path(self, *names: str) -> str:
         """A module path inside a decoder layer (empty parts skipped)."""
@@ -38,11 +42,14 @@ LLAMA_FAMILY = Adapter(family="llama")
 # OPT: fc1 -> ReLU -> fc2 on the layer itself, out_proj, biases everywhere (FASP's OPT experiments).
 OPT_FAMILY = Adapter(family="opt", layers="model.decoder.layers", o="out_proj", mlp="", gate=None, up="fc1",
                      down="fc2")
-# model_type -> adapter. Qwen2 differs only by its q/k/v biases, which the unit slicing carries along.
+QWEN3_FAMILY = Adapter(family="qwen3", q_norm="q_norm", k_norm="k_norm")
+# model_type -> adapter. Qwen2 differs only by its q/k/v biases, which the unit slicing carries along; Llama 3's
+# rope scaling lives in the config, which pruned configs keep.
 REGISTRY: dict[str, Adapter] = {
     "llama": LLAMA_FAMILY,
     "mistral": LLAMA_FAMILY,
     "qwen2": LLAMA_FAMILY,
+    "qwen3": QWEN3_FAMILY,
     "opt": OPT_FAMILY,
 }
 
@@ -57,7 +64,7 @@ def adapter_for(model) -> Adapter:
     if model_type not in REGISTRY:
         raise NotImplementedError(
             f"architecture {model_type!r} is not supported: supported model types are "
-            f"{', '.join(sorted(REGISTRY))} (LLaMA 1/2/3, Vicuna, Mistral, Qwen2, SmolLM; OPT)"
+            f"{', '.join(sorted(REGISTRY))} (LLaMA 1/2/3, Vicuna, Mistral, Qwen2, Qwen3, SmolLM; OPT)"
         )
     return REGISTRY[model_type]
 

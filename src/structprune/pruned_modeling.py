@@ -27,6 +27,8 @@ from transformers import (
     OPTForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward
@@ -82,8 +84,11 @@ class ValueWidthAttention:
         scaling = getattr(self, "scaling", self.head_dim ** -0.5)
         if position_embeddings is None:  # OPT: no rotary, queries scaled first, unit scaling in the kernel
             query, scaling = query * scaling, 1.0
-        query = query.view(*input_shape, -1, self.head_dim).transpose(1, 2)
-        key = getattr(self, self.k_name)(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
+        query = query.view(*input_shape, -1, self.head_dim)
+        key = getattr(self, self.k_name)(hidden_states).view(*input_shape, -1, self.head_dim)
+        if self.q_norm_name:  # per-head query/key norms (Qwen3), before rotary
+            query, key = getattr(self, self.q_norm_name)(query), getattr(self, self.k_norm_name)(key)
+        query, key = query.transpose(1, 2), key.transpose(1, 2)
         value = getattr(self, self.v_name)(hidden_states).view(*input_shape, -1, self.value_head_dim).transpose(1, 2)
         if position_embeddings is not None:
             query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
@@ -107,6 +112,7 @@ def set_value_head_dim(attention: nn.Module, width: int, head_dim: int, layout: 
         return
     attention.q_name, attention.k_name, attention.v_name, attention.o_name = (
         layout["q"], layout["k"], layout["v"], layout["o"])
+    attention.q_norm_name, attention.k_norm_name = layout.get("q_norm"), layout.get("k_norm")
     base = type(attention)
     if not issubclass(base, ValueWidthAttention):
         if base not in _VALUE_WIDTH_CLASSES:
@@ -192,6 +198,13 @@ class StructprunedQwen2Config(Qwen2Config):
     base_model_type: str = "qwen2"
 
 
+class StructprunedQwen3Config(Qwen3Config):
+    model_type = "structpruned_qwen3"
+    layer_shapes: list | None = None
+    layout: dict | None = None
+    base_model_type: str = "qwen3"
+
+
 class StructprunedOPTConfig(OPTConfig):
     model_type = "structpruned_opt"
     layer_shapes: list | None = None
@@ -211,6 +224,10 @@ class StructprunedQwen2ForCausalLM(StructprunedMixin, Qwen2ForCausalLM):
     config_class = StructprunedQwen2Config
 
 
+class StructprunedQwen3ForCausalLM(StructprunedMixin, Qwen3ForCausalLM):
+    config_class = StructprunedQwen3Config
+
+
 class StructprunedOPTForCausalLM(StructprunedMixin, OPTForCausalLM):
     config_class = StructprunedOPTConfig
 
@@ -220,6 +237,7 @@ PRUNED_CLASSES = {
     "llama": (StructprunedLlamaConfig, StructprunedLlamaForCausalLM),
     "mistral": (StructprunedMistralConfig, StructprunedMistralForCausalLM),
     "qwen2": (StructprunedQwen2Config, StructprunedQwen2ForCausalLM),
+    "qwen3": (StructprunedQwen3Config, StructprunedQwen3ForCausalLM),
     "opt": (StructprunedOPTConfig, StructprunedOPTForCausalLM),
 }
 
@@ -233,4 +251,5 @@ for _config_class, _model_class in PRUNED_CLASSES.values():
 __all__ = ["EmptyAttention", "LAYOUT_KEYS", "PRUNED_CLASSES", "layout_of", "ValueWidthAttention", "reshape_layer", "set_value_head_dim",
            "StructprunedLlamaConfig", "StructprunedOPTConfig", "StructprunedOPTForCausalLM",
            "StructprunedLlamaForCausalLM", "StructprunedMistralConfig", "StructprunedMistralForCausalLM",
-           "StructprunedQwen2Config", "StructprunedQwen2ForCausalLM"]
+           "StructprunedQwen2Config", "StructprunedQwen2ForCausalLM", "StructprunedQwen3Config",
+           "StructprunedQwen3ForCausalLM"]

@@ -175,7 +175,7 @@ def layout_dict(adapter) -> dict:
     """The module layout a pruned config records (the adapter's names), read by the pruned model classes."""
     return {"layers": adapter.layers, "attention": adapter.attention, "q": adapter.q, "k": adapter.k,
             "v": adapter.v, "o": adapter.o, "mlp": adapter.mlp, "gate": adapter.gate, "up": adapter.up,
-            "down": adapter.down}
+            "down": adapter.down, "q_norm": adapter.q_norm, "k_norm": adapter.k_norm}
 
 
 def finalize_pruned(model):
