@@ -97,6 +97,7 @@ class Plan:
             "dense_groups_per_layer": self.dense_groups,
             "dense_channels_per_layer": self.dense_channels,
             "options": self.options,
+            **({"parts": self.parts} if self.parts else {}),
             **({"extras": self.extras} if self.extras else {}),
         }
 
