@@ -9,7 +9,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.structprune-installed
-NOTEBOOKS := 00_quickstart 01_flap_vs_wanda_sp_vs_llm_pruner 02_saap 03_cfsp 04_fasp 05_speedup
+NOTEBOOKS := 00_quickstart 01_flap_vs_wanda_sp_vs_llm_pruner 02_saap 03_cfsp 04_fasp 05_speedup 06_matched_parameters
 EXECUTED := $(patsubst %,results/notebooks/%.ipynb,$(NOTEBOOKS))
 
 # Tests and CI never wait on the network.

@@ -117,6 +117,8 @@ def cmd_prune(args) -> int:
     from .surgery import check_output, save_pruned
 
     options = _parse_options(args.option)
+    if "target_params" in options:
+        raise ValueError("pass the share of the model to remove as --target-params F (every method), not as an option")
     if (args.ratio is None) == (args.target_params is None):
         raise ValueError("give --ratio (the method's own ratio) or --target-params (the fraction of the whole "
                          "model's parameters to remove), one of them")

@@ -63,12 +63,14 @@ def evaluation_of(settings: dict, max_windows: int | None = None) -> dict:
 
 
 def _prune_as_configured(model, tokenizer, config: dict):
-    """Run the pruning a pruning-run config describes (method, ratio, options, calibration, seed)."""
+    """Run the pruning a pruning-run config describes (method, ratio or target_params, options, calibration,
+    seed)."""
     calibration, options = config["calibration"] or {}, config["options"]
     return prune(model, config["method"], config["ratio"], calibration=calibration.get("dataset"),
                  tokenizer=tokenizer, nsamples=calibration.get("nsamples"), seqlen=calibration.get("seqlen"),
-                 seed=options.get("seed", calibration.get("seed", 0)),
-                 **{k: v for k, v in options.items() if k != "seed"})
+                 seed=options.get("seed", calibration.get("seed", 0)), target_params=config.get("target_params"),
+                 # LLM-Pruner's own target_params option is always None in records: prune's argument is the one
+                 **{k: v for k, v in options.items() if k != "seed" and not (k == "target_params" and v is None)})
 
 
 EVALUATION_SPLIT = {"c4": "validation"}  # the C4 sample has no test split (the papers use C4 validation)
@@ -100,9 +102,10 @@ def recover(model, tokenizer, plan: Plan, recovery: dict) -> dict:
     return lora_recover(model, tokenizer, rank_pattern=pattern, **options)
 
 
-def pruning_run(settings: dict, method: str, ratio: float, options: dict | None = None,
+def pruning_run(settings: dict, method: str, ratio: float | None, options: dict | None = None,
                 nsamples: int | None = None, max_windows: int | None = None, also: tuple[str, ...] = (),
-                experiment: str = "sweep", calibration: dict | None = None, recovery: dict | None = None) -> dict:
+                experiment: str = "sweep", calibration: dict | None = None, recovery: dict | None = None,
+                target_params: float | None = None) -> dict:
     """Prune the profile's model with `method` at `ratio` and measure perplexity; the record.
 
     method "dense" (ratio 0) evaluates the unpruned model under the same protocol.
@@ -116,6 +119,8 @@ def pruning_run(settings: dict, method: str, ratio: float, options: dict | None 
         evaluation["also"] = list(also)
     config = {"profile": settings["profile"], "model": settings["model"], "method": method, "ratio": ratio,
               "evaluation": evaluation}
+    if target_params is not None:  # matched size: the method's ratio is solved for this fraction of the model
+        config.update(ratio=None, target_params=target_params)
     config.update({k: v for k, v in precision_of(settings).items() if v != DEFAULT_PRECISION[k]})
     options = dict(options or {})
     if method != "dense":

@@ -29,6 +29,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         "zero_shot_limit": 4,  # first 4 documents of each of the seven tasks
         "ratios": [0.2],
+        "matched_targets": [0.02, 0.04],  # the tiny model is mostly embeddings: small shares of it
         "ablation_max_windows": 8,  # FLAP ablations: evaluation subset
         "ablation_nsamples": [4, 8],  # FLAP ablations: calibration sample counts
         # LoRA recovery (structprune.recovery.lora_recover options): a token run
@@ -67,6 +68,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         # 161 s on one H100).
         "zero_shot_limit": 50,
         "ratios": [0.2, 0.3, 0.5],
+        "matched_targets": [0.2, 0.4],  # notebook 06: shares of the whole model removed, every method alike
         "ablation_max_windows": 64,  # FLAP ablations: first 64 windows (8,192 tokens), as the main runs
         "ablation_nsamples": [64, 128, 256, 512],  # FLAP ablations: calibration sample counts
         # LoRA recovery: 10 steps of batch 4 (40 Alpaca rows, cutoff 256) instead of 2 epochs of 50k rows: about
@@ -97,6 +99,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         "zero_shot_limit": None,  # the full task sets
         "ratios": [0.2, 0.3, 0.5],
+        "matched_targets": [0.2, 0.4],
         "ablation_max_windows": None,  # the full test set
         "ablation_nsamples": [128, 256, 512, 1024, 2048],
         # LLM-Pruner's recipe: 2 epochs, batch 64 (micro 4), cutoff 256 (the local Alpaca subset offline)

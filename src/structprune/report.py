@@ -111,6 +111,36 @@ def pruning_rows(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def matched_rows(records: list[dict], dense: dict) -> pd.DataFrame:
+    """Methods at matched parameter counts (pruning records with `target_params`): the target and the achieved
+    share of the model removed, the method's solved ratio, parameters, perplexity with its 95 % interval, and a
+    paired comparison on the same windows with the lowest-perplexity method at the same target."""
+    from .evaluate import paired_perplexity
+
+    rows = []
+    for record in records:
+        metrics, config = record["metrics"], record["config"]
+        ppl = metrics["perplexity"]
+        rows.append({"target": config["target_params"], "method": method_label(record),
+                     "removed (% of model)": 100 * (1 - metrics["params_after"] / metrics["params_before"]),
+                     "method ratio": metrics["plan"]["ratio"], "parameters": metrics["params_after"],
+                     "perplexity": ppl["perplexity"], "95 % low": ppl["ci95"][0], "95 % high": ppl["ci95"][1],
+                     "x dense": ppl["perplexity"] / dense["metrics"]["perplexity"]["perplexity"], "_ppl": ppl})
+    frame = pd.DataFrame(rows)
+    verdicts = []
+    for _, row in frame.iterrows():
+        peers = frame[frame.target == row.target]
+        best = peers.loc[peers.perplexity.idxmin()]
+        if best.method == row.method:
+            verdicts.append("lowest")
+            continue
+        paired = paired_perplexity(row._ppl, best._ppl)
+        verdicts.append(f"{paired['ratio']:.2f} x {best.method} [{paired['ci95'][0]:.2f}, {paired['ci95'][1]:.2f}]"
+                        + (" (not distinguishable)" if paired["verdict"] == "not distinguishable" else ""))
+    frame["paired vs lowest"] = verdicts
+    return frame.drop(columns="_ppl").sort_values(["target", "perplexity"]).reset_index(drop=True)
+
+
 def zero_shot_rows(records: list[dict]) -> pd.DataFrame:
     """One row per zero-shot record: each task's paper metric (in %) and the average."""
     rows = []

@@ -42,6 +42,7 @@ METHOD = Method(
     option_help={"importance": " | ".join(IMPORTANCES),
                  "layer_start": "first pruned layer (default: 4/32 of the depth)",
                  "layer_end": "end of the pruned range, exclusive (default: 30/32 of the depth)",
-                 "target_params": "its own whole-model fraction (prune(target_params=...) does this for every method)",
+                 "target_params": "its own whole-model fraction, kept for earlier records: use --target-params "
+                                  "(prune(target_params=...)), which does this for every method",
                  "round_to": "keep MLP channel counts a multiple of k", "seed": "seed of the random importance"},
 )
