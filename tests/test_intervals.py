@@ -46,3 +46,19 @@ def test_average_stderr_is_the_root_sum_of_squares_over_the_task_count():
     tasks = {"boolq": {"acc_stderr": 0.03, "acc_norm_stderr": 0.5}, "piqa": {"acc_stderr": 0.9, "acc_norm_stderr": 0.04}}
     assert average_stderr(tasks) == pytest.approx(math.sqrt(0.03**2 + 0.04**2) / 2)  # each task's paper metric
     assert average_stderr({"boolq": {"acc_stderr": None}}) is None
+
+
+def test_zero_shot_rows_carry_the_average_standard_error_and_compare_beyond_noise():
+    from structprune import report
+    from structprune.evaluate import PAPER_METRIC, PAPER_TASKS
+
+    def record(label, score, stderr):
+        tasks = {t: {"score": score, f"{PAPER_METRIC[t]}_stderr": stderr} for t in PAPER_TASKS}
+        return {"config": {"pruning": {"method": "x", "label": label, "ratio": 0.2}},
+                "metrics": {"zero_shot": {"tasks": tasks, "average": score}}}
+
+    rows = report.zero_shot_rows([record("A", 0.50, 0.07), record("B", 0.45, 0.07), record("C", 0.30, 0.02)])
+    assert rows["± (s.e.)"].tolist() == pytest.approx([100 * math.sqrt(7 * 0.07**2) / 7] * 2 + [100 * 0.02 / math.sqrt(7)])
+    a, b, c = (rows.iloc[i] for i in range(3))
+    assert report.compare_averages(a, b) == "not distinguishable"  # 5 points apart, s.e. 2.6 each
+    assert report.compare_averages(a, c) == "higher" and report.compare_averages(c, a) == "lower"

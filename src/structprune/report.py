@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .evaluate import PAPER_METRIC, PAPER_TASKS
+from .evaluate import PAPER_METRIC, PAPER_TASKS, average_stderr
 from .records import atomic_write_text, remove_orphans, results_dir, temporary_prefix
 
 TASK_NAMES = {"boolq": "BoolQ", "piqa": "PIQA", "hellaswag": "HellaSwag", "winogrande": "WinoGrande",
@@ -150,8 +150,19 @@ def zero_shot_rows(records: list[dict]) -> pd.DataFrame:
         for task in PAPER_TASKS:
             row[TASK_NAMES[task]] = 100 * result["tasks"][task]["score"]
         row["Average"] = 100 * result["average"]
+        stderr = average_stderr(result["tasks"])
+        row["± (s.e.)"] = float("nan") if stderr is None else 100 * stderr
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def compare_averages(a: pd.Series, b: pd.Series, z: float = 1.959963984540054) -> str:
+    """Whether zero-shot average a (a row of zero_shot_rows) is above b beyond noise: "higher", "lower", or "not
+    distinguishable" when the 95 % interval of the difference, sqrt(s.e.a^2 + s.e.b^2) wide on each side,
+    includes 0. Unpaired (the records keep no per-document results), so it is conservative."""
+    difference = a["Average"] - b["Average"]
+    margin = z * (a["± (s.e.)"] ** 2 + b["± (s.e.)"] ** 2) ** 0.5
+    return "higher" if difference > margin else "lower" if difference < -margin else "not distinguishable"
 
 
 def metric_note() -> str:
