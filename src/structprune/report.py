@@ -141,6 +141,28 @@ def matched_rows(records: list[dict], dense: dict) -> pd.DataFrame:
     return frame.drop(columns="_ppl").sort_values(["target", "perplexity"]).reset_index(drop=True)
 
 
+def matched_leaderboard(profile: str = "default", model: str = "embedded", root: Path | None = None) -> pd.DataFrame:
+    """`matched_rows` of every matched-size record (results/runs/matched) of a profile's model, against the
+    dense sweep record of the same evaluation protocol."""
+    import json
+
+    root = Path(root or results_dir() / "runs")
+
+    def records(experiment):
+        return [json.loads(p.read_text()) for p in sorted((root / experiment).glob("*.json"))]
+
+    matched = [r for r in records("matched") if r["config"].get("profile") == profile
+               and r["config"].get("model") == model]
+    if not matched:
+        return pd.DataFrame()
+    evaluation = matched[0]["config"]["evaluation"]
+    dense = next((r for r in records("sweep") if r["config"]["method"] == "dense" and r["config"].get("profile") == profile
+                  and r["config"].get("model") == model and r["config"]["evaluation"] == evaluation), None)
+    if dense is None:
+        return pd.DataFrame()
+    return matched_rows([r for r in matched if r["config"]["evaluation"] == evaluation], dense)
+
+
 def zero_shot_rows(records: list[dict]) -> pd.DataFrame:
     """One row per zero-shot record: each task's paper metric (in %) and the average."""
     rows = []
