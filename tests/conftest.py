@@ -41,7 +41,7 @@ def _embedded():
 
 @pytest.fixture
 def embedded(_embedded):
-    """A fresh copy of the embedded SmolLM2-135M (loaded once per session)."""
+    """A fresh copy of the embedded SmolLM2-135M (loaded once per test run)."""
     model, tokenizer = _embedded
     fresh = copy.deepcopy(model)
     fresh.structprune_source = model.structprune_source

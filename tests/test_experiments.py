@@ -14,7 +14,7 @@ from structprune.profiles import profile_settings
 def smoke(monkeypatch, _embedded):
     import structprune.experiments as experiments
 
-    monkeypatch.setattr(experiments, "_dense", lambda spec, device, dtype: _embedded)  # the session's loaded model
+    monkeypatch.setattr(experiments, "_dense", lambda spec, device, dtype: _embedded)  # the embedded model, loaded once per test run
     return profile_settings("smoke")
 
 

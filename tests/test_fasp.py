@@ -12,7 +12,7 @@ from structprune.compensate import restore_columns
 from structprune.models import tiny_opt
 from structprune.speed import greedy_decode
 
-from .helpers import logits
+from .helpers import logits, zero_removed_units
 
 
 def test_restoration_solves_the_normal_equations_and_is_the_least_squares_fit():
@@ -79,17 +79,8 @@ def test_unrestored_cut_equals_the_dense_model_with_the_units_zeroed(tiny, calib
     """GQA: unit (g, c) is v_proj row (g, c) and the o_proj columns (h, c) of both query heads h of group g."""
     pruned = copy.deepcopy(tiny)
     plan = prune(pruned, "fasp", 0.4, calibration=calibration, restore=False).plan
-    masked = copy.deepcopy(tiny)
-    d, n_rep = 16, 2
-    with torch.no_grad():
-        for index, layer in enumerate(masked.model.layers):
-            for g, kept in enumerate(plan.kept_values[index]):
-                for c in set(range(d)) - set(kept):
-                    layer.self_attn.v_proj.weight[g * d + c] = 0
-                    for r in range(n_rep):
-                        layer.self_attn.o_proj.weight[:, (g * n_rep + r) * d + c] = 0
-            removed = sorted(set(range(96)) - set(plan.kept_channels[index]))
-            layer.mlp.down_proj.weight[:, removed] = 0
+    d = 16
+    masked = zero_removed_units(tiny, plan, head_dim=d, n_rep=2, channels=96)
     assert [len(v) for v in plan.kept_values[0]] == [d - 6, d - 6]  # floor(0.4 * 16) = 6 per group
     assert torch.allclose(logits(pruned, probe), logits(masked, probe), atol=1e-5, rtol=0)
     assert plan.params_after == count_parameters(pruned)

@@ -14,7 +14,7 @@ from structprune.methods import METHODS
 from structprune.models import tiny_llama
 from structprune.stats import ChannelStats
 
-from .helpers import logits
+from .helpers import logits, zero_removed_units
 
 ALL_METHODS = sorted(METHODS)
 
@@ -402,14 +402,5 @@ def test_qwen3_narrow_values_apply_the_query_and_key_norms(calibration, probe):
     model = _tiny_family("qwen3")
     pruned = copy.deepcopy(model)
     plan = prune(pruned, "fasp", 0.4, calibration=calibration, restore=False).plan
-    masked = copy.deepcopy(model)
-    d, n_rep = 16, 2
-    with torch.no_grad():
-        for index, layer in enumerate(masked.model.layers):
-            for g, kept in enumerate(plan.kept_values[index]):
-                for c in set(range(d)) - set(kept):
-                    layer.self_attn.v_proj.weight[g * d + c] = 0
-                    for r in range(n_rep):
-                        layer.self_attn.o_proj.weight[:, (g * n_rep + r) * d + c] = 0
-            layer.mlp.down_proj.weight[:, sorted(set(range(96)) - set(plan.kept_channels[index]))] = 0
+    masked = zero_removed_units(model, plan, head_dim=16, n_rep=2, channels=96)
     assert torch.allclose(logits(pruned, probe), logits(masked, probe), atol=1e-5, rtol=0)

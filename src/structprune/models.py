@@ -246,9 +246,10 @@ def weight_files(where: Path) -> list[str]:
         return ["model.safetensors"]
     pickles = sorted(p.name for p in where.iterdir() if p.suffix in PICKLE_SUFFIXES)
     raise FileNotFoundError(
-        f"{where} has no safetensors weights{f' (only {pickles[0]})' if pickles else ''}: structprune never "
-        "unpickles a model (.bin/.pt files can run code when loaded). Convert it once where you trust the file, "
-        "e.g. `AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)`.")
+        f"{where} has no safetensors weights{f' (only {pickles[0]})' if pickles else ''}: no model.safetensors nor a "
+        "safetensors index. structprune never unpickles a model (.bin/.pt files can run code when loaded). Convert "
+        "it once where you trust the file (`AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, "
+        "safe_serialization=True)`), or re-run the pruning that wrote it.")
 
 
 def safetensors_header(path: Path) -> dict:

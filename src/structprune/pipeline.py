@@ -330,13 +330,14 @@ def value_width(dv: int, ratio: float, round_to: int) -> int:
     return keep
 
 
-def removed_params(model, kept, layer_scores: list, composition: Composition, ratio: float) -> int:
+def removed_params(model, kept, layer_scores: list, composition: Composition, ratio: float, shapes: list) -> int:
     """Parameters of the whole model that cutting `kept` (an allocation's result at `ratio`) removes, less the
-    compensation biases it adds: what the cut will do, computed without cutting (`solve_ratio` searches it)."""
+    compensation biases it adds: what the cut will do, computed without cutting (`solve_ratio` searches it);
+    `shapes` are the dense layers' (`layer_shapes`)."""
     adapter, config = adapter_for(model), model.config
     adds_bias = composition.compensation == "mean_bias"
     removed = 0
-    for index, (shape, scores) in enumerate(zip(layer_shapes(model), layer_scores, strict=True)):
+    for index, (shape, scores) in enumerate(zip(shapes, layer_scores, strict=True)):
         if scores is None:
             continue
         groups = (kept.groups[index] if composition.attention and composition.attention_unit == "kv_group"
@@ -410,7 +411,7 @@ def run(model, ratio: float | None, calibration: torch.Tensor | None, compositio
         def removed_at(r: float) -> int:
             trial = Budget(r, shapes, budget.group_width, budget.params_before, budget.round_to)
             kept = allocation.fn(layer_scores, trial, evidence, **composition.allocation_options)
-            return removed_params(model, kept, layer_scores, composition, r)
+            return removed_params(model, kept, layer_scores, composition, r, shapes)
 
         budget.ratio = plan.ratio = solve_ratio(removed_at, target_params * plan.params_before)
 

@@ -329,29 +329,15 @@ def check_checkpoint(path: str | Path) -> None:
     """Refuse a pruned checkpoint whose weights do not match its config: a missing shard, a missing tensor,
     or a tensor whose shape is not the one the config's per-layer widths imply (tampered or half-copied).
     Reads only the safetensors headers and builds the model on the meta device (no memory)."""
-    from safetensors import safe_open
     from transformers import AutoConfig
 
+    from .models import check_local_weights, safetensors_header, weight_files
     from .pruned_modeling import PRUNED_CLASSES
 
     path = Path(path)
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (path / "model.safetensors").is_file():
-        files = ["model.safetensors"]
-    else:
-        raise FileNotFoundError(f"{path} has no model.safetensors (nor a safetensors index): the weights are "
-                                "missing. Pruned checkpoints are safetensors only; re-run the pruning.")
-    missing = [name for name in files if not (path / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{path} is incomplete: weight shard(s) {', '.join(missing)} listed in the index are "
-                                "missing. Copy the whole directory again or re-run the pruning.")
-    stored = {}
-    for name in files:
-        with safe_open(str(path / name), framework="pt") as handle:
-            for key in handle.keys():
-                stored[key] = tuple(handle.get_slice(key).get_shape())
+    check_local_weights(path)  # every weight file there, complete, and safetensors
+    stored = {key: tuple(entry["shape"]) for name in weight_files(path)
+              for key, entry in safetensors_header(path / name).items()}
     classes = {conf.model_type: cls for conf, cls in PRUNED_CLASSES.values()}
     model_type = json.loads((path / "config.json").read_text()).get("model_type")
     if model_type not in classes:
