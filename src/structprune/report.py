@@ -404,3 +404,39 @@ def compute_cost(folder: Path | None = None, root: Path | None = None) -> pd.Dat
             .agg(records=("seconds", "size"), **{"untimed records": ("seconds", lambda s: int(s.isna().sum()))},
                  minutes=("seconds", lambda s: s.sum() / 60))
             .reset_index())
+
+
+NOTEBOOK_TITLES = {"01": "FLAP, Wanda-sp and LLM-Pruner (FLAP's paper)", "02": "SAAP-style against LLM-Pruner",
+                   "03": "CFSP against its FFN-only baselines", "04": "FASP-style against FLAP and Wanda-sp",
+                   "05": "Measured speed against the MACs ideal", "06": "The paper methods at matched parameter counts",
+                   "99": "Leaderboards and compute cost"}
+README_BLOCK = ("<!-- results: written by notebook 99 (make report) -->", "<!-- end of results -->")
+
+
+def write_report(profile: str = "default") -> Path:
+    """results/REPORT.md: every table the notebooks wrote for `profile` (each with its caption, which states its
+    protocol), by notebook. Each number comes from the records through the tables; nothing is typed."""
+    sections = [f"# Results ({profile} profile)\n\nWritten by notebook 99 from the run records (`make report`); "
+                "the executed notebooks in `results/notebooks/` show the findings each table supports.\n"]
+    for number, title in NOTEBOOK_TITLES.items():
+        tables = sorted(tables_dir().glob(f"{number}_{profile}_*.md"))
+        if tables:
+            sections.append(f"## {number} · {title}\n")
+            sections += [f"### {path.stem.removeprefix(f'{number}_{profile}_').replace('_', ' ')}\n\n"
+                         f"{path.read_text().strip()}\n" for path in tables]
+    path = results_dir() / "REPORT.md"
+    atomic_write_text(path, "\n".join(sections))
+    return path
+
+
+def update_readme_block(table: pd.DataFrame, caption: str, readme: Path | None = None) -> Path:
+    """Rewrite README.md's marked results block with `table` (Markdown) and its caption."""
+    readme = readme or Path(__file__).resolve().parents[2] / "README.md"
+    text = readme.read_text()
+    start, end = README_BLOCK
+    if start not in text or end not in text:
+        raise ValueError(f"{readme} has no results block: add the lines {start!r} and {end!r}")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    atomic_write_text(readme, f"{head}{start}\n{caption}\n\n{_markdown(table)}\n{end}{tail}")
+    return readme
