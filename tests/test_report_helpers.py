@@ -1,6 +1,7 @@
 """Report helpers the notebooks call: Pareto front, speed rows and captions read from the records."""
 
 import pandas as pd
+import pytest
 
 from structprune import report
 
@@ -37,3 +38,21 @@ def test_speed_rows_compare_against_dense_at_the_largest_shape_and_every_decode_
     assert row["decode x (batch 1)"] == 6.0 / 5.0 and "decode x (batch 8)" not in row
     assert report.prefill_speedups(dense, pruned) == {"prefill x (1x512)": 1.5, "prefill x (8x512)": 1.25,
                                                       "ideal x": 1.25}
+
+
+def test_report_gathers_every_table_by_notebook_and_the_readme_block_is_the_only_change(tmp_path, monkeypatch):
+    monkeypatch.setenv("STRUCTPRUNE_RESULTS", str(tmp_path))
+    report.write_table(pd.DataFrame({"a": [1.5]}), "01_default_perplexity", "caption one")
+    report.write_table(pd.DataFrame({"b": [2.5]}), "06_default_matched", "caption six")
+    report.write_table(pd.DataFrame({"c": [3.5]}), "06_smoke_matched", "another profile")
+    text = report.write_report("default").read_text()
+    assert text.index("## 01 ·") < text.index("caption one") < text.index("## 06 ·") < text.index("caption six")
+    assert "another profile" not in text and "## 02 ·" not in text
+    start, end = report.README_BLOCK
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{start}\nold\n{end}\noutro\n")
+    report.update_readme_block(pd.DataFrame({"x": [1.0]}), "new caption", readme)
+    assert readme.read_text() == f"intro\n{start}\nnew caption\n\n| x |\n|---|\n| 1.00 |\n{end}\noutro\n"
+    readme.write_text("no block")
+    with pytest.raises(ValueError, match="has no results block"):
+        report.update_readme_block(pd.DataFrame({"x": [1.0]}), "c", readme)
