@@ -22,18 +22,27 @@ def model():
 
 @pytest.mark.parametrize("target", [0.2, 0.4])
 @pytest.mark.parametrize("method", sorted(METHODS) + sorted(COMPOSED))
-def test_target_params_is_met_within_one_unit_and_equals_the_solved_ratio(method, target, model):
+def test_target_params_is_met_within_one_channel_and_tops_up_the_solved_ratio(method, target, model):
     calibration = random_calibration(256, 10, 24, seed=1)
     spec = compose(**COMPOSED[method]) if method in COMPOSED else method
     result = prune(copy.deepcopy(model), spec, calibration=calibration, target_params=target)
+    goal = target * result.params_before
     removed = result.params_before - result.params_after
-    assert abs(removed - target * result.params_before) <= max(result.plan.group_params)  # one unit, the largest
+    assert abs(removed - goal) <= max(result.plan.channel_params)  # one unit: the smallest, an MLP channel
     assert result.plan.extras["target_params"] == target
     assert result.plan.extras["achieved_fraction"] == pytest.approx(removed / result.params_before)
-    # the same method at the solved ratio is the same cut
-    again = prune(copy.deepcopy(model), spec, result.ratio, calibration=calibration)
-    assert again.params_after == result.params_after
-    assert again.plan.kept_channels == result.plan.kept_channels and again.plan.kept_groups == result.plan.kept_groups
+    # The method's own rule at the solved ratio stays at or below the goal; the top-up takes the rest as the
+    # lowest-scored of that cut's kept channels, spread evenly (one channel apart at most) over the layers.
+    alone = prune(copy.deepcopy(model), spec, result.ratio, calibration=calibration)
+    assert alone.params_before - alone.params_after <= goal
+    top_up = result.plan.extras.get("top_up_channels", [0] * len(alone.plan.kept_channels))
+    cut_layers = [i for i, kept in enumerate(alone.plan.kept_channels) if kept]
+    assert max(top_up[i] for i in cut_layers) - min(top_up[i] for i in cut_layers) <= 1
+    sequential = method in ("wanda_sp", "fasp")  # later layers calibrate on the topped-up earlier ones
+    for layer, (ours, theirs) in enumerate(zip(result.plan.kept_channels, alone.plan.kept_channels, strict=True)):
+        assert len(theirs) - len(ours) == top_up[layer]
+        assert sequential or set(ours) <= set(theirs)
+    assert sequential or result.plan.kept_groups == alone.plan.kept_groups
 
 
 def test_ratio_and_target_are_one_or_the_other(model):

@@ -268,8 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--compensation", default=None, help="compose parts: compensation (default none)")
     pr.add_argument("--ratio", type=float, default=None, help="the method's own pruning ratio, in [0, 1)")
     pr.add_argument("--target-params", type=float, default=None,
-                    help="instead of --ratio: the fraction of the whole model's parameters to remove (solved by a "
-                         "search over the method's ratio)")
+                    help="instead of --ratio: the fraction of the whole model's parameters to remove, met within one "
+                         "MLP channel (a search over the method's ratio, then a top-up of channels)")
     pr.add_argument("--calibration", default=None, help="wikitext2 | ptb | c4 | bookcorpus (default: the paper's)")
     pr.add_argument("--nsamples", type=positive_int, default=None, help="calibration sequences (default: the paper's)")
     pr.add_argument("--seqlen", type=positive_int, default=None, help="calibration tokens per sequence (default: the paper's)")

@@ -360,8 +360,8 @@ def removed_params(model, kept, layer_scores: list, composition: Composition, ra
 
 
 def solve_ratio(removed_at, goal: float) -> float:
-    """The method's own ratio whose removal is closest to `goal` parameters: bisection on r in [0, 0.999] for the
-    boundary where the removal reaches the goal (every rule removes more as r grows), then the closer side."""
+    """The largest ratio of the method's own rule whose removal stays at or below `goal` parameters: bisection
+    on r in [0, 0.999] for the boundary where the removal reaches the goal (every rule removes more as r grows)."""
     low, high = 0.0, 0.999
     most = removed_at(high)
     if most < goal:
@@ -369,11 +369,38 @@ def solve_ratio(removed_at, goal: float) -> float:
                          f"{most:,} (at ratio {high}): ask for a smaller target")
     for _ in range(40):
         middle = (low + high) / 2
-        if removed_at(middle) >= goal:
+        if removed_at(middle) > goal:
             high = middle
         else:
             low = middle
-    return min((low, high), key=lambda r: (abs(removed_at(r) - goal), r))
+    return low
+
+
+def top_up_channels(shortfall: float, kept_channels: list[int | None], channel_params: list[int],
+                    multiple: int) -> list[int]:
+    """How many more MLP channels each layer gives up so that the cut meets a parameter target within one unit.
+
+    A rule's ratio moves in steps (a uniform rule moves every layer at once, by whole KV groups), so the ratio
+    search alone can stop up to one step short. The rest, `shortfall` parameters, is taken as channels (in
+    multiples of `multiple`, the rounding unit) spread evenly over the layers that keep channels, each layer
+    at most one channel unit more than another: the rule's shape survives, and the achieved removal is within
+    half a channel unit of the goal. `kept_channels[i]` is None for a layer the rule does not cut."""
+    layers = [i for i, kept in enumerate(kept_channels) if kept]
+    extra = [0] * len(kept_channels)
+    if not layers or shortfall <= 0:
+        return extra
+    unit = sum(channel_params[i] for i in layers) * multiple / len(layers)
+    wanted = round(shortfall / unit)
+    while wanted > 0:
+        spare = [i for i in layers if kept_channels[i] - (extra[i] + 1) * multiple >= multiple]
+        if not spare:
+            break  # every layer is down to its last unit: the rule's own steps are all that is left
+        share, rest = divmod(wanted, len(spare))
+        for rank, i in enumerate(spare):
+            take = min(share + (rank < rest), (kept_channels[i] - multiple) // multiple - extra[i])
+            extra[i] += take
+            wanted -= take
+    return extra
 
 
 def run(model, ratio: float | None, calibration: torch.Tensor | None, composition: Composition,
@@ -406,14 +433,27 @@ def run(model, ratio: float | None, calibration: torch.Tensor | None, compositio
     budget = Budget(ratio=ratio or 0.0, shapes=shapes, group_width=group_width(model.config),
                     params_before=plan.params_before, round_to=composition.round_to)
 
-    def solve_for_target(layer_scores: list) -> None:
-        """Set the ratio (budget and plan) whose cut meets target_params, searching the allocation's results."""
-        def removed_at(r: float) -> int:
-            trial = Budget(r, shapes, budget.group_width, budget.params_before, budget.round_to)
-            kept = allocation.fn(layer_scores, trial, evidence, **composition.allocation_options)
-            return removed_params(model, kept, layer_scores, composition, r, shapes)
+    extra_channels = [0] * len(shapes)  # the top-up to a parameter target, per layer (`top_up_channels`)
 
-        budget.ratio = plan.ratio = solve_ratio(removed_at, target_params * plan.params_before)
+    def solve_for_target(layer_scores: list) -> None:
+        """Set the ratio (budget and plan) whose cut meets target_params, searching the allocation's results,
+        and the channel top-up that closes the last step of the rule."""
+        def cut_at(r: float):
+            trial = Budget(r, shapes, budget.group_width, budget.params_before, budget.round_to)
+            return allocation.fn(layer_scores, trial, evidence, **composition.allocation_options)
+
+        def removed_at(r: float) -> int:
+            return removed_params(model, cut_at(r), layer_scores, composition, r, shapes)
+
+        goal = target_params * plan.params_before
+        budget.ratio = plan.ratio = solve_ratio(removed_at, goal)
+        kept = cut_at(budget.ratio)
+        kept_counts = [len(round_kept(kept.channels[i], s.channels, composition.round_to)) if s is not None else None
+                       for i, s in enumerate(layer_scores)]
+        extra_channels[:] = top_up_channels(goal - removed_at(budget.ratio), kept_counts,
+                                            [s.channel_params for s in shapes], composition.round_to)
+        if any(extra_channels):
+            plan.extras["top_up_channels"] = list(extra_channels)
 
     def scores_of(index: int):
         return score.fn(model, index, evidence, **composition.score_options)
@@ -422,6 +462,10 @@ def run(model, ratio: float | None, calibration: torch.Tensor | None, compositio
         if layer_scores is None:  # a layer outside the allocation's range stays whole
             return
         kept_channels = round_kept(kept_channels, layer_scores.channels, composition.round_to)
+        if extra_channels[index]:  # the top-up drops the lowest-scored kept channels
+            among_kept = torch.full((layer_scores.channels.numel(),), -math.inf, dtype=torch.float64)
+            among_kept[kept_channels] = layer_scores.channels.double()[kept_channels]
+            kept_channels = keep_highest(among_kept, len(kept_channels) - extra_channels[index] * composition.round_to)
         cut_layer(model, plan, composition, index, kept_groups, kept_channels, evidence.stats.get(index),
                   layer_scores.columns)
 
@@ -452,7 +496,7 @@ def run(model, ratio: float | None, calibration: torch.Tensor | None, compositio
         if target_params is not None:
             solve_for_target(layer_scores)
         kept = allocation.fn(layer_scores, budget, evidence, **composition.allocation_options)
-        plan.extras = kept.extras
+        plan.extras = {**kept.extras, **plan.extras}
         for index, s in enumerate(layer_scores):
             cut(index, s, kept.groups[index], kept.channels[index])
     finalize_pruned(model)

@@ -114,9 +114,10 @@ def prune(model, method: str | Composition, ratio: float | None = None, calibrat
     seed of methods that draw random numbers (otherwise their own default). Options not given take the
     method's paper defaults (`structprune methods`).
 
-    target_params: instead of a ratio, the fraction of the whole model's parameters to remove. It is solved
-    by a search over the method's own ratio (its rule unchanged, on scores computed once), so the achieved
-    fraction is as close as that rule's granularity allows (`plan.extras` records target and achievement).
+    target_params: instead of a ratio, the fraction of the whole model's parameters to remove, met within
+    one MLP channel: a search over the method's own ratio (its rule unchanged, on scores computed once) for
+    the largest cut at or below it, then the shortfall as MLP channels spread evenly over the layers
+    (`pipeline.top_up_channels`; `plan.extras` records target, top-up and achievement).
     """
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT):
         raise ValueError(f"seed must be a whole number in [0, 2**63), got {seed!r}")
