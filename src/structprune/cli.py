@@ -1,4 +1,4 @@
-"""Command line: `structprune evaluate | prune | methods` (also `python -m structprune`)."""
+"""Command line: `structprune evaluate | prune | export | methods` (also `python -m structprune`)."""
 
 from __future__ import annotations
 
@@ -90,6 +90,32 @@ def cmd_evaluate(args) -> int:
         print(f"parameters {result['parameters']:,}; MACs per token {result['macs_per_token']['total']:,.0f}; "
               f"memory {result['memory']}; {result['protocol']}")
     print(f"record: {path}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_gguf
+    from .models import load_model
+
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise FileExistsError(f"{output} exists: choose another --output, or pass --overwrite to replace it")
+    model, tokenizer = load_model(args.checkpoint, dtype="float32", device="cpu")
+    summary = export_gguf(model, tokenizer, output, args.dtype)
+    heads = [layer["heads"] for layer in summary["layers"]]
+    channels = [layer["channels"] for layer in summary["layers"]]
+    print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB, {args.dtype}; tensors {summary['tensor_types']})")
+    print(f"query heads per layer {heads}; MLP channels per layer {channels}")
+    if args.check:
+        from .evaluate import evaluation_ids
+        from .llamacpp import parity
+
+        ids = evaluation_ids(tokenizer, "wikitext2", "test")
+        texts = [ids[start:start + 72].tolist() for start in range(0, 4 * 997, 997)]
+        result = parity(model, output, texts, first=9)
+        print(f"parity with PyTorch over {result['positions']} WikiText-2 positions (f32 KV cache): top-1 agreement "
+              f"{result['top1_agreement']:.4f} ({result['near_ties']} near-ties apart), largest top-{result['top_k']} "
+              f"log-prob difference {result['max_logprob_difference']:.2e}")
     return 0
 
 
@@ -285,16 +311,29 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
     pr.set_defaults(func=cmd_prune)
 
+    ex = sub.add_parser("export", help="write a model (dense or pruned checkpoint) as a GGUF file for llama.cpp")
+    ex.add_argument("checkpoint", help="a pruned checkpoint directory, embedded, tiny-smollm2, or a local model directory")
+    ex.add_argument("--format", default="gguf", choices=["gguf"], help="the file format (llama.cpp's GGUF)")
+    ex.add_argument("--dtype", default="f32", choices=["f32", "f16", "q8_0"],
+                    help="weight type (q8_0 rows that are not multiples of 32 are written as f16)")
+    ex.add_argument("--output", required=True, help="the .gguf file to write (atomically)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    ex.add_argument("--check", action="store_true",
+                    help="run the file in llama.cpp and compare its next-token log-probabilities with PyTorch")
+    ex.set_defaults(func=cmd_export)
+
     me = sub.add_parser("methods", help="list methods and parts, their options and defaults")
     me.set_defaults(func=cmd_methods)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .llamacpp import EngineError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError, ConnectionError, NotImplementedError, FloatingPointError) as error:
+    except (ValueError, OSError, ConnectionError, NotImplementedError, FloatingPointError, EngineError) as error:
         print(f"structprune: error: {error}", file=sys.stderr)
         return 2
 
