@@ -122,3 +122,15 @@ def test_fasp_bad_options(tiny, calibration):
         prune(tiny, "fasp", 0.2, calibration=calibration, solver_dtype="float16")
     with pytest.raises(ValueError, match="calibrates on .wikitext2.: pass tokenizer"):
         prune(tiny, "fasp", 0.2)
+
+
+def test_narrow_values_give_the_same_logits_through_sdpa_and_eager_attention(tiny, calibration, probe):
+    """Under SDPA the narrower values are zero-padded to the query width (the fused kernels need equal widths)
+    and the output sliced back: the same function as the eager kernel on narrow values."""
+    pruned = copy.deepcopy(tiny)
+    prune(pruned, "fasp", 0.4, calibration=calibration)
+    assert pruned.model.layers[0].self_attn.value_head_dim < 16
+    pruned.config._attn_implementation = "sdpa"
+    through_sdpa = logits(pruned, probe)
+    pruned.config._attn_implementation = "eager"
+    assert torch.allclose(through_sdpa, logits(pruned, probe), atol=1e-5, rtol=0)

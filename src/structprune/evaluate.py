@@ -48,11 +48,10 @@ def perplexity_of_ids(model, ids: torch.Tensor, seqlen: int, max_windows: int | 
         batch = chunks[first:first + batch_size].to(device)
         logits = model(batch, use_cache=False).logits.float()
         flat_logits, targets = logits[:, :-1].reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1)
-        nll = F.cross_entropy(flat_logits, targets, reduction="sum")
-        total_nll += nll.item()
+        per_token = F.cross_entropy(flat_logits, targets, reduction="none")  # one pass over the vocabulary
+        total_nll += per_token.sum().item()  # float32 sum, as reduction="sum" would give
         total_tokens += batch[:, 1:].numel()
-        per_token = F.cross_entropy(flat_logits, targets, reduction="none").double().view(len(batch), -1)
-        window_nll += per_token.mean(1).tolist()
+        window_nll += per_token.double().view(len(batch), -1).mean(1).tolist()
     mean_nll = total_nll / total_tokens
     if not math.isfinite(mean_nll):
         raise FloatingPointError(f"the model's loss is {mean_nll} on these windows (NaN or Inf in its outputs): the "

@@ -15,6 +15,7 @@ With structprune installed, `load_pruned(path)` uses these same classes without 
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -96,10 +97,15 @@ class ValueWidthAttention:
             key, value = past_key_values.update(key, value, self.layer_idx)
         extra = {"sliding_window": self.sliding_window} if getattr(self, "sliding_window", None) else {}
         interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        width = value.shape[-1]
+        if self.config._attn_implementation == "sdpa" and width < query.shape[-1]:
+            # SDPA's fused kernels need values as wide as queries (otherwise a slow materialised fallback): zero
+            # value channels add zero output channels, and the attention weights are the same, so pad and slice.
+            value = F.pad(value, (0, query.shape[-1] - width))
         output, weights = interface(self, query, key, value, attention_mask, scaling=scaling,
                                     dropout=0.0 if not self.training else getattr(self, "attention_dropout", 0.0),
                                     **extra, **kwargs)
-        output = output.reshape(*input_shape, -1).contiguous()
+        output = output[..., :width].reshape(*input_shape, -1).contiguous()
         return getattr(self, self.o_name)(output), weights
 
 
