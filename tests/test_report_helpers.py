@@ -56,3 +56,36 @@ def test_report_gathers_every_table_by_notebook_and_the_readme_block_is_the_only
     readme.write_text("no block")
     with pytest.raises(ValueError, match="has no results block"):
         report.update_readme_block(pd.DataFrame({"x": [1.0]}), "c", readme)
+
+
+def _long_record(method, window_nll, target=None, seqlen=128):
+    import math
+
+    mean = sum(window_nll) / len(window_nll)
+    pruning = {"method": method, "label": method.upper(), **({"target_params": target} if target else {})}
+    return {"config": {"pruning": pruning, "seqlen": seqlen, "dtype": "bfloat16", "max_windows": None},
+            "metrics": {"params_after": 10, "perplexity": {"perplexity": math.exp(mean), "ci95": [0, 0],
+                                                           "window_nll": window_nll, "windows": len(window_nll),
+                                                           "seqlen": seqlen}}}
+
+
+def test_long_protocol_rows_pair_every_model_with_the_dense_one_on_the_same_windows():
+    import math
+
+    dense = _long_record("dense", [2.0, 3.0, 4.0])
+    pruned = _long_record("flap", [2.5, 3.1, 4.6], target=0.2)
+    other = _long_record("flap", [2.0, 2.0], target=0.2, seqlen=2048)
+    other_dense = _long_record("dense", [1.5, 1.5], seqlen=2048)
+    table = report.long_protocol_rows([pruned, dense, other, other_dense])
+    assert list(table.method) == ["Dense", "FLAP", "Dense", "FLAP"]  # by window length, dense first
+    diffs = [0.5, 0.1, 0.6]
+    mean, sd = sum(diffs) / 3, (sum((d - 0.4) ** 2 for d in diffs) / 2) ** 0.5
+    low, high = math.exp(mean - 1.959963984540054 * sd / 3 ** 0.5), math.exp(mean + 1.959963984540054 * sd / 3 ** 0.5)
+    assert table.loc[1, "paired x dense"] == f"{math.exp(mean):.2f} [{low:.2f}, {high:.2f}]"
+    assert table.loc[3, "paired x dense"].startswith(f"{math.exp(0.5):.2f}")
+
+
+def test_lowest_per_target_picks_the_lowest_perplexity_at_each_target():
+    records = [{"config": {"target_params": t}, "metrics": {"perplexity": {"perplexity": p}}, "name": n}
+               for t, p, n in ((0.4, 9.0, "a"), (0.2, 5.0, "b"), (0.2, 4.0, "c"), (0.4, 8.0, "d"))]
+    assert [r["name"] for r in report.lowest_per_target(records)] == ["c", "d"]

@@ -52,3 +52,14 @@ def test_ratio_and_target_are_one_or_the_other(model):
         prune(copy.deepcopy(model), "magnitude", target_params=1.5)
     with pytest.raises(ValueError, match="removes at most"):
         prune(copy.deepcopy(model), "cfsp", calibration=random_calibration(256, 4, 16), target_params=0.95)
+
+
+def test_top_up_spreads_the_shortfall_evenly_and_stops_at_each_layers_last_unit():
+    from structprune.pipeline import top_up_channels
+
+    # 10.4 channels of 100 parameters short over 4 layers: 10 channels, 3 + 3 + 2 + 2 (rounded to nearest)
+    assert top_up_channels(1040, [50, 50, 50, 50], [100] * 4, 1) == [3, 3, 2, 2]
+    assert top_up_channels(1060, [50, None, 50, 50], [100] * 4, 1) == [4, 0, 4, 3]  # an uncut layer is left alone
+    assert top_up_channels(40, [50, 50], [100, 100], 1) == [0, 0]  # less than half a channel: nothing
+    # multiples of 8: units of 8 channels; a layer keeps at least one unit, the rest goes to the others
+    assert top_up_channels(5 * 8 * 100, [16, 64], [100, 100], 8) == [1, 4]

@@ -141,6 +141,42 @@ def matched_rows(records: list[dict], dense: dict) -> pd.DataFrame:
     return frame.drop(columns="_ppl").sort_values(["target", "perplexity"]).reset_index(drop=True)
 
 
+def lowest_per_target(records: list[dict]) -> list[dict]:
+    """The lowest-perplexity matched-size record at each target (the headline rows), in target order."""
+    best = {}
+    for record in records:
+        target = record["config"]["target_params"]
+        if target not in best or (record["metrics"]["perplexity"]["perplexity"]
+                                  < best[target]["metrics"]["perplexity"]["perplexity"]):
+            best[target] = record
+    return [best[target] for target in sorted(best)]
+
+
+def long_protocol_rows(records: list[dict]) -> pd.DataFrame:
+    """Perplexity records of `experiments.perplexity_run` (the dense model's among them), one row each: the
+    protocol (window length, windows, dtype), the perplexity with its 95 % interval, and the paired ratio to
+    the dense model on the same windows with its 95 % interval."""
+    from .evaluate import paired_perplexity
+
+    dense = {(r["config"]["seqlen"], r["config"]["dtype"]): r["metrics"]["perplexity"]
+             for r in records if r["config"]["pruning"]["method"] == "dense"}
+    rows = []
+    for record in records:
+        config, metrics = record["config"], record["metrics"]
+        ppl, pruning = metrics["perplexity"], config["pruning"]
+        is_dense = pruning["method"] == "dense"
+        paired = None if is_dense else paired_perplexity(ppl, dense[(config["seqlen"], config["dtype"])])
+        rows.append({"seqlen": config["seqlen"], "windows": ppl["windows"], "dtype": config["dtype"],
+                     "target": None if is_dense else pruning["target_params"],
+                     "method": method_label({"config": pruning}), "parameters": metrics["params_after"],
+                     "perplexity": ppl["perplexity"], "95 % low": ppl["ci95"][0], "95 % high": ppl["ci95"][1],
+                     "paired x dense": "" if is_dense else
+                     f"{paired['ratio']:.2f} [{paired['ci95'][0]:.2f}, {paired['ci95'][1]:.2f}]"})
+    frame = pd.DataFrame(rows)
+    frame["_order"] = frame.target.fillna(-1)
+    return frame.sort_values(["seqlen", "_order"]).drop(columns="_order").reset_index(drop=True)
+
+
 def matched_leaderboard(profile: str = "default", model: str = "embedded", root: Path | None = None) -> pd.DataFrame:
     """`matched_rows` of every matched-size record (results/runs/matched) of a profile's model, against the
     dense sweep record of the same evaluation protocol."""
@@ -313,6 +349,27 @@ def speed_row(record: dict, measured: dict, dense: dict) -> dict:
         row[f"decode tok/s (batch {p['batch']})"] = p["tokens_per_second"]
     row["weights MiB"] = measured["memory"]["weights_mib"]
     return row
+
+
+def engine_rows(records: dict[str, dict], runs: dict[tuple[str, str], dict], dense_speed: dict, speed_of) -> pd.DataFrame:
+    """llama.cpp speed of pruned models against the dense model's (same GGUF weight type), beside the MACs ideal
+    and PyTorch eager. records: {name: pruning record} (the dense one named "Dense"); runs: {(name, dtype):
+    `experiments.engine_speed_run` record}; speed_of(record): the PyTorch speed record of a pruning record."""
+    rows = []
+    for (name, dtype), run in runs.items():
+        engine, dense_engine = run["metrics"]["engine_speed"], runs[("Dense", dtype)]["metrics"]["engine_speed"]
+        measured = dense_speed if name == "Dense" else speed_of(records[name])["metrics"]["speed"]
+        torch_row = speed_row(records[name], measured, dense_speed)
+        ideal = dense_speed["macs_per_token"]["total"] / measured["macs_per_token"]["total"]
+        prefill = engine["prefill_tokens_per_second"] / dense_engine["prefill_tokens_per_second"]
+        decode = engine["decode_tokens_per_second"] / dense_engine["decode_tokens_per_second"]
+        rows.append({"model": name, "gguf": dtype, "parameters": measured["parameters"],
+                     "perplexity": records[name]["metrics"]["perplexity"]["perplexity"], "ideal x": ideal,
+                     "PyTorch prefill x": next(v for k, v in torch_row.items() if k.startswith("prefill x")),
+                     "llama.cpp prefill tok/s": engine["prefill_tokens_per_second"], "llama.cpp prefill x": prefill,
+                     "llama.cpp decode tok/s": engine["decode_tokens_per_second"], "llama.cpp decode x": decode,
+                     "prefill of ideal": prefill / ideal, "decode of ideal": decode / ideal})
+    return pd.DataFrame(rows)
 
 
 def pareto_front(points: pd.DataFrame, faster: str, better: str) -> pd.DataFrame:
