@@ -14,6 +14,8 @@ from structprune.llamacpp import parity, run_completions
 from structprune.models import load_model
 from structprune.surgery import finalize_pruned, prune_layer
 
+pytestmark = pytest.mark.slow  # llama.cpp starts in a child process per check: make test, not make check
+
 # f32 weights, f32 KV cache, plain attention: llama.cpp sums in another order, so log-probabilities agree to
 # about 2e-5 nats. A wrong permutation or a lost bias moves them by tenths to whole nats.
 LOGPROB_TOLERANCE = 1e-3
@@ -47,7 +49,6 @@ def test_dense_tiny_model_runs_in_llama_cpp_with_the_same_distribution(tiny_smol
     assert [w["heads"] for w in summary["layers"]] == [model.config.num_attention_heads] * model.config.num_hidden_layers
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method", EXPORTABLE + ["fasp_ffn_only", "wifv x cfsp x least_squares"])
 def test_pruned_models_of_every_exportable_method_keep_their_distribution(method, tiny_smollm2, tmp_path):
     model, tokenizer = copy.deepcopy(tiny_smollm2[0]), tiny_smollm2[1]
@@ -93,7 +94,6 @@ def test_value_channel_cuts_are_refused_with_the_option_that_avoids_them(tiny_sm
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
-@pytest.mark.slow
 def test_quantised_exports_run_and_rows_q8_0_cannot_hold_fall_back_to_f16(tiny_smollm2, tmp_path):
     model, tokenizer = copy.deepcopy(tiny_smollm2[0]), tiny_smollm2[1]
     prune(model, "magnitude", 0.3)  # MLP widths 268 of 384: down_proj rows are not multiples of 32

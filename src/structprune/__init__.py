@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 # `structprune.speed`) are always the modules, whatever was imported first.
 _EXPORTS = {
     "Plan": "allocate", "calibration_batches": "data", "evaluation_text": "data", "perplexity": "evaluate",
-    "zero_shot": "evaluate", "METHODS": "methods", "PruneResult": "methods", "prune": "methods",
+    "zero_shot": "evaluate", "export_gguf": "export", "METHODS": "methods", "PruneResult": "methods", "prune": "methods",
     "Composition": "pipeline", "compose": "pipeline", "load_model": "models", "tiny_llama": "models",
     "load_records": "records", "write_record": "records", "apply_plan": "surgery", "load_pruned": "surgery",
     "save_pruned": "surgery",

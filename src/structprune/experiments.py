@@ -254,6 +254,16 @@ def perplexity_run(record: dict, seqlen: int, max_windows: int | None = None, da
     return run_once("long_perplexity", config, compute)
 
 
+def macs_of(record: dict, prompt_tokens: int = 512, new_tokens: int = 128) -> dict[str, float]:
+    """MACs of the model of a pruning record, from its real widths: one batch-1 prefill of `prompt_tokens`
+    (`speed.prefill_macs`), and one decode step at the mean context of `new_tokens` steps after it."""
+    from .speed import macs_per_token, prefill_macs
+
+    model = rebuild(record)[0]
+    return {"prefill": prefill_macs(model, 1, prompt_tokens),
+            "decode": macs_per_token(model, context=prompt_tokens + new_tokens / 2)["total"]}
+
+
 def engine_speed_run(record: dict, dtype: str = "f32", threads: int = 2, repeats: int = 3,
                      prompt_tokens: int = 512, new_tokens: int = 128) -> dict:
     """Speed in llama.cpp (`llamacpp.engine_speed`) of the model of a pruning record, exported to GGUF in

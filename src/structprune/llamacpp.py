@@ -89,6 +89,37 @@ def parity(model, gguf_path: str | Path, sequences: list[list[int]], first: int 
             "kv_cache": kv_cache}
 
 
+def engine_speed(gguf_path: str | Path, prompt_tokens: int = 512, new_tokens: int = 128, threads: int = 2,
+                 repeats: int = 3, seed: int = 0) -> dict:
+    """llama.cpp's prefill and decode throughput of a GGUF file at batch 1, with the engine's defaults (f16 KV
+    cache, flash attention as it chooses): one warm-up request, then `repeats` requests of `prompt_tokens`
+    random token ids and `new_tokens` greedy steps; medians, with min and max, of the engine's own timings."""
+    import statistics
+
+    import torch
+
+    vocab = _vocab_size(gguf_path)
+    prompt = torch.randint(3, vocab, (prompt_tokens,), generator=torch.Generator().manual_seed(seed)).tolist()
+    request = {"prompt": prompt, "n_predict": new_tokens, "ignore_eos": True}
+    answers = run_completions(gguf_path, [request] * (repeats + 1), threads=threads,
+                              n_ctx=prompt_tokens + new_tokens + 8)[1:]
+    result = {}
+    for name, key in (("prefill", "prompt_per_second"), ("decode", "predicted_per_second")):
+        values = [answer["timings"][key] for answer in answers]
+        result[f"{name}_tokens_per_second"] = statistics.median(values)
+        result[f"{name}_range"] = [min(values), max(values)]
+    result["protocol"] = (f"llama.cpp (xllamacpp) batch 1: prefill {prompt_tokens} tokens, decode {new_tokens} new "
+                          f"tokens, {threads} threads, f16 KV cache; median of {repeats} after a warm-up")
+    return result
+
+
+def _vocab_size(gguf_path: str | Path) -> int:
+    import gguf
+
+    reader = gguf.GGUFReader(str(gguf_path))
+    return len(reader.fields["tokenizer.ggml.tokens"].data)
+
+
 def _serve(job: dict) -> list[dict]:
     import xllamacpp
 

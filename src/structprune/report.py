@@ -351,24 +351,26 @@ def speed_row(record: dict, measured: dict, dense: dict) -> dict:
     return row
 
 
-def engine_rows(records: dict[str, dict], runs: dict[tuple[str, str], dict], dense_speed: dict, speed_of) -> pd.DataFrame:
+def engine_rows(records: dict[str, dict], runs: dict[tuple[str, str], dict], macs: dict[str, dict],
+                pytorch: dict[str, float]) -> pd.DataFrame:
     """llama.cpp speed of pruned models against the dense model's (same GGUF weight type), beside the MACs ideal
     and PyTorch eager. records: {name: pruning record} (the dense one named "Dense"); runs: {(name, dtype):
-    `experiments.engine_speed_run` record}; speed_of(record): the PyTorch speed record of a pruning record."""
+    `experiments.engine_speed_run` record}; macs: {name: `experiments.macs_of`}, whose ratio to the dense
+    model's is the ideal of prefill and of decode; pytorch: {name: PyTorch prefill speedup, measured against
+    a dense run of the same machine}, where measured."""
     rows = []
     for (name, dtype), run in runs.items():
         engine, dense_engine = run["metrics"]["engine_speed"], runs[("Dense", dtype)]["metrics"]["engine_speed"]
-        measured = dense_speed if name == "Dense" else speed_of(records[name])["metrics"]["speed"]
-        torch_row = speed_row(records[name], measured, dense_speed)
-        ideal = dense_speed["macs_per_token"]["total"] / measured["macs_per_token"]["total"]
         prefill = engine["prefill_tokens_per_second"] / dense_engine["prefill_tokens_per_second"]
         decode = engine["decode_tokens_per_second"] / dense_engine["decode_tokens_per_second"]
-        rows.append({"model": name, "gguf": dtype, "parameters": measured["parameters"],
-                     "perplexity": records[name]["metrics"]["perplexity"]["perplexity"], "ideal x": ideal,
-                     "PyTorch prefill x": next(v for k, v in torch_row.items() if k.startswith("prefill x")),
-                     "llama.cpp prefill tok/s": engine["prefill_tokens_per_second"], "llama.cpp prefill x": prefill,
-                     "llama.cpp decode tok/s": engine["decode_tokens_per_second"], "llama.cpp decode x": decode,
-                     "prefill of ideal": prefill / ideal, "decode of ideal": decode / ideal})
+        ideal = {kind: macs["Dense"][kind] / macs[name][kind] for kind in ("prefill", "decode")}
+        rows.append({"model": name, "gguf": dtype, "parameters": engine["params_after"],
+                     "perplexity": records[name]["metrics"]["perplexity"]["perplexity"],
+                     "ideal prefill x": ideal["prefill"], "ideal decode x": ideal["decode"],
+                     "PyTorch prefill x": pytorch.get(name), "llama.cpp prefill tok/s": engine["prefill_tokens_per_second"],
+                     "llama.cpp prefill x": prefill, "llama.cpp decode tok/s": engine["decode_tokens_per_second"],
+                     "llama.cpp decode x": decode, "prefill of ideal": prefill / ideal["prefill"],
+                     "decode of ideal": decode / ideal["decode"]})
     return pd.DataFrame(rows)
 
 
