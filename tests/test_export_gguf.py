@@ -151,3 +151,18 @@ def test_cli_export_writes_the_file_and_refuses_what_is_not_a_model(tmp_path, ca
     (tmp_path / "not_a_model").mkdir()
     assert main(["export", str(tmp_path / "not_a_model"), "--output", str(tmp_path / "x.gguf")]) == 2
     assert "not a model checkpoint" in capsys.readouterr().err and not (tmp_path / "x.gguf").exists()
+
+
+def test_cli_measures_speed_in_llama_cpp_into_a_record(tmp_path, capsys):
+    import json
+
+    from structprune.cli import main
+
+    record = tmp_path / "engine.json"
+    assert main(["evaluate", "--model", "tiny-smollm2", "--speed", "--engine", "llama.cpp", "--gguf-dtype", "q8_0",
+                 "--repeats", "1", "--output", str(record)]) == 0
+    saved = json.loads(record.read_text())
+    assert saved["config"]["engine"] == "llama.cpp" and saved["config"]["gguf_dtype"] == "q8_0"
+    result = saved["metrics"]["engine_speed"]
+    assert result["prefill_tokens_per_second"] > 0 and result["decode_tokens_per_second"] > 0
+    assert "llama.cpp prefill" in capsys.readouterr().out

@@ -6,14 +6,13 @@ classes. When this test fails, transformers builds such models natively."""
 
 import pytest
 from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.integrations.heterogeneity.configuration_utils import AmbiguousGlobalPerLayerAttributeError
 
 BASE = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2)
 
 
 def test_per_layer_mlp_widths_are_stored_but_llama_modeling_cannot_build_them():
-    from transformers.integrations.heterogeneity.configuration_utils import AmbiguousGlobalPerLayerAttributeError
-
     config = LlamaConfig(**BASE, per_layer_config={1: {"intermediate_size": 16}})
     assert config.is_heterogeneous
     assert [layer.intermediate_size for layer in config.per_layer_config] == [64, 16, 64]
@@ -22,7 +21,5 @@ def test_per_layer_mlp_widths_are_stored_but_llama_modeling_cannot_build_them():
 
 
 def test_per_layer_head_counts_fail_the_llama_config_validation():
-    from transformers.integrations.heterogeneity.configuration_utils import AmbiguousGlobalPerLayerAttributeError
-
     with pytest.raises(AmbiguousGlobalPerLayerAttributeError, match="num_attention_heads"):
         LlamaConfig(**BASE, per_layer_config={1: {"num_attention_heads": 2, "num_key_value_heads": 1}})

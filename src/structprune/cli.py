@@ -60,7 +60,16 @@ def cmd_evaluate(args) -> int:
         from .evaluate import zero_shot
 
         metrics["zero_shot"] = zero_shot(model, tokenizer, args.tasks, args.limit, args.batch_size, args.task_source)
-    if args.speed:
+    if args.speed and args.engine == "llama.cpp":
+        import tempfile
+
+        from .export import export_gguf
+        from .llamacpp import engine_speed
+
+        with tempfile.TemporaryDirectory(prefix="structprune-gguf-") as folder:
+            exported = export_gguf(model, tokenizer, Path(folder) / "model.gguf", args.gguf_dtype)
+            metrics["engine_speed"] = engine_speed(exported["path"], threads=args.threads or 2, repeats=args.repeats)
+    elif args.speed:
         from .speed import speed
 
         metrics["speed"] = speed(model, repeats=args.repeats, threads=args.threads)
@@ -68,7 +77,10 @@ def cmd_evaluate(args) -> int:
               "seqlen": args.seqlen, "max_windows": args.max_windows, "tasks": args.tasks, "limit": args.limit,
               "task_source": args.task_source, "dtype": str(model.dtype)}
     if args.speed:
-        config.update(speed=True, threads=metrics["speed"]["threads"], repeats=args.repeats)
+        config.update(speed=True, engine=args.engine, repeats=args.repeats,
+                      threads=metrics["speed"]["threads"] if "speed" in metrics else args.threads or 2)
+        if args.engine == "llama.cpp":
+            config["gguf_dtype"] = args.gguf_dtype
     path = write_record("evaluate", config, metrics, {"load_seconds": load_seconds},
                         path=Path(args.output) if args.output else None)
     for name, result in metrics.items():
@@ -80,6 +92,10 @@ def cmd_evaluate(args) -> int:
             print(f"{task}: {r['paper_metric']} {r['score']:.4f} on {r['documents']} documents, "
                   f"{r['task']} v{r['version']}{note}")
         print(f"average ({metrics['zero_shot']['metric_convention']}): {metrics['zero_shot']['average']:.4f}")
+    if "engine_speed" in metrics:
+        result = metrics["engine_speed"]
+        print(f"llama.cpp prefill {result['prefill_tokens_per_second']:.1f} tokens/s, decode "
+              f"{result['decode_tokens_per_second']:.1f} tokens/s ({result['protocol']})")
     if "speed" in metrics:
         result = metrics["speed"]
         for row in result["prefill"]:
@@ -280,7 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seqlen", type=positive_int, default=128, help="window length (papers: 128 FLAP/LLM-Pruner, 2048 Wanda)")
     ev.add_argument("--speed", action="store_true",
                     help="prefill (batch 1/8 x 128/512) and decode (128 new tokens) throughput, memory, MACs")
-    ev.add_argument("--threads", type=positive_int, default=None, help="speed: torch threads (recorded)")
+    ev.add_argument("--engine", default="pytorch", choices=["pytorch", "llama.cpp"],
+                    help="speed: in PyTorch, or in llama.cpp (the model exported to GGUF: batch 1, prefill 512, "
+                         "decode 128)")
+    ev.add_argument("--gguf-dtype", default="f32", choices=["f32", "f16", "q8_0"], help="speed in llama.cpp: weight type")
+    ev.add_argument("--threads", type=positive_int, default=None, help="speed: torch / llama.cpp threads (recorded)")
     ev.add_argument("--repeats", type=positive_int, default=3, help="speed: timed runs per case (median reported)")
     ev.add_argument("--output", default=None, help="record path (default results/runs/evaluate/<hash>.json)")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --output record file")
