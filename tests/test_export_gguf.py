@@ -17,7 +17,8 @@ from structprune.surgery import finalize_pruned, prune_layer
 pytestmark = pytest.mark.slow  # llama.cpp starts in a child process per check: make test, not make check
 
 # f32 weights, f32 KV cache, plain attention: llama.cpp sums in another order, so log-probabilities agree to
-# about 2e-5 nats. A wrong permutation or a lost bias moves them by tenths to whole nats.
+# 2e-5 (tiny model) to 3e-4 nats (embedded). A wrong permutation or a lost bias moves them by tenths to whole
+# nats.
 LOGPROB_TOLERANCE = 1e-3
 EXPORTABLE = ["flap", "wanda_sp", "llm_pruner", "cfsp", "saap", "magnitude", "random"]
 
