@@ -167,3 +167,17 @@ def test_cli_measures_speed_in_llama_cpp_into_a_record(tmp_path, capsys):
     result = saved["metrics"]["engine_speed"]
     assert result["prefill_tokens_per_second"] > 0 and result["decode_tokens_per_second"] > 0
     assert "llama.cpp prefill" in capsys.readouterr().out
+
+
+def test_cli_exports_a_saved_pruned_checkpoint_with_the_same_distribution(tiny_smollm2, tmp_path, capsys):
+    from structprune.cli import main
+    from structprune.surgery import load_pruned, save_pruned
+
+    model, tokenizer = copy.deepcopy(tiny_smollm2[0]), tiny_smollm2[1]
+    prune(model, "flap", 0.3, calibration=random_calibration(tokenizer.vocab_size, 8, 32, seed=1))
+    save_pruned(model, tokenizer, tmp_path / "ckpt")
+    assert main(["export", str(tmp_path / "ckpt"), "--output", str(tmp_path / "ckpt.gguf"), "--check"]) == 0
+    assert "top-1 agreement 1.0000" in capsys.readouterr().out
+    reloaded, _ = load_pruned(tmp_path / "ckpt")
+    result = parity(reloaded, tmp_path / "ckpt.gguf", prompts(2, 30, tokenizer.vocab_size))
+    assert result["max_logprob_difference"] < LOGPROB_TOLERANCE
