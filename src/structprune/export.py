@@ -168,8 +168,8 @@ def layer_tensors(model, index: int) -> tuple[dict[str, torch.Tensor], dict[str,
 
 
 def _add(writer, name: str, tensor: torch.Tensor, dtype: str) -> str:
-    """Add one tensor in `dtype` (norms, biases and 1-D tensors stay f32; q8_0 needs rows of 32k values, other
-    rows fall back to f16); the type written."""
+    """Add one tensor in `dtype` (norms, biases and 1-D tensors stay f32; q8_0 needs row lengths that are multiples
+    of 32, other rows fall back to f16); the type written."""
     import gguf
 
     data = tensor.numpy()
