@@ -61,14 +61,10 @@ def cmd_evaluate(args) -> int:
 
         metrics["zero_shot"] = zero_shot(model, tokenizer, args.tasks, args.limit, args.batch_size, args.task_source)
     if args.speed and args.engine == "llama.cpp":
-        import tempfile
+        from .llamacpp import model_engine_speed
 
-        from .export import export_gguf
-        from .llamacpp import engine_speed
-
-        with tempfile.TemporaryDirectory(prefix="structprune-gguf-") as folder:
-            exported = export_gguf(model, tokenizer, Path(folder) / "model.gguf", args.gguf_dtype)
-            metrics["engine_speed"] = engine_speed(exported["path"], threads=args.threads or 2, repeats=args.repeats)
+        metrics["engine_speed"] = model_engine_speed(model, tokenizer, args.gguf_dtype, threads=args.threads or 2,
+                                                     repeats=args.repeats)
     elif args.speed:
         from .speed import speed
 

@@ -240,7 +240,7 @@ def perplexity_run(record: dict, seqlen: int, max_windows: int | None = None, da
                    split: str = "test", dtype: str = "float32") -> dict:
     """Perplexity of the model of a pruning record under another protocol than its own (e.g. the full test
     set at seqlen 2048), evaluated in `dtype` (the model is rebuilt in float32, then cast); the record."""
-    import torch
+    from .models import DTYPES
 
     of, pruning = model_identity(record)
     config = {"of": of, "pruning": pruning, "dataset": dataset, "split": split, "seqlen": seqlen,
@@ -248,7 +248,7 @@ def perplexity_run(record: dict, seqlen: int, max_windows: int | None = None, da
 
     def compute():
         model, tokenizer = rebuild(record)
-        result = perplexity(model.to(getattr(torch, dtype)), tokenizer, dataset, split, seqlen, max_windows)
+        result = perplexity(model.to(DTYPES[dtype]), tokenizer, dataset, split, seqlen, max_windows)
         return {"perplexity": result, "params_after": count_parameters(model)}, {"seconds": result["seconds"]}
 
     return run_once("long_perplexity", config, compute)
@@ -268,11 +268,7 @@ def engine_speed_run(record: dict, dtype: str = "f32", threads: int = 2, repeats
                      prompt_tokens: int = 512, new_tokens: int = 128) -> dict:
     """Speed in llama.cpp (`llamacpp.engine_speed`) of the model of a pruning record, exported to GGUF in
     `dtype` (`export.export_gguf`); the record."""
-    import tempfile
-    from pathlib import Path
-
-    from .export import export_gguf
-    from .llamacpp import engine_speed
+    from .llamacpp import model_engine_speed
 
     of, pruning = model_identity(record)
     config = {"of": of, "pruning": pruning, "engine": "llama.cpp", "gguf_dtype": dtype, "threads": threads,
@@ -280,11 +276,8 @@ def engine_speed_run(record: dict, dtype: str = "f32", threads: int = 2, repeats
 
     def compute():
         model, tokenizer = rebuild(record)
-        with tempfile.TemporaryDirectory(prefix="structprune-gguf-") as folder:
-            exported = export_gguf(model, tokenizer, Path(folder) / "model.gguf", dtype)
-            result = engine_speed(exported["path"], prompt_tokens, new_tokens, threads, repeats)
-        result.update(tensor_types=exported["tensor_types"], params_after=count_parameters(model))
-        return {"engine_speed": result}, {}
+        return {"engine_speed": model_engine_speed(model, tokenizer, dtype, prompt_tokens, new_tokens, threads,
+                                                   repeats)}, {}
 
     return run_once("engine_speed", config, compute)
 

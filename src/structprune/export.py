@@ -35,6 +35,8 @@ import numpy as np
 import torch
 
 from .architectures import adapter_for, attention_of, decoder_layers, head_dim, mlp_of, model_type_of
+from .records import remove_orphans, temporary_prefix
+from .surgery import current_umask
 
 GGUF_DTYPES = ("f32", "f16", "q8_0")
 Q8_0_BLOCK = 32  # q8_0 quantises rows in blocks of 32 values; other row lengths are written as f16
@@ -199,7 +201,8 @@ def export_gguf(model, tokenizer, output: str | Path, dtype: str = "f32") -> dic
     layers = decoder_layers(model)
     per_layer = [layer_tensors(model, i) for i in range(len(layers))]
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    remove_orphans(output.parent)  # what a killed export left behind
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(output.name), dir=output.parent)
     os.close(fd)
     written: dict[str, int] = {}
     try:
@@ -234,16 +237,10 @@ def export_gguf(model, tokenizer, output: str | Path, dtype: str = "f32") -> dic
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, output)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return {"path": str(output), "dtype": dtype, "tensor_types": written,
             "layers": [w for _, w in per_layer]}
-
-
-def _umask() -> int:
-    from .surgery import current_umask
-
-    return current_umask()

@@ -113,6 +113,21 @@ def engine_speed(gguf_path: str | Path, prompt_tokens: int = 512, new_tokens: in
     return result
 
 
+def model_engine_speed(model, tokenizer, dtype: str = "f32", prompt_tokens: int = 512, new_tokens: int = 128,
+                       threads: int = 2, repeats: int = 3) -> dict:
+    """`engine_speed` of a PyTorch model: exported to a temporary GGUF file in `dtype` (`export.export_gguf`),
+    timed, the file removed; the result also names the tensor types written and the parameter count."""
+    import tempfile
+
+    from .architectures import count_parameters
+    from .export import export_gguf
+
+    with tempfile.TemporaryDirectory(prefix="structprune-gguf-") as folder:
+        exported = export_gguf(model, tokenizer, Path(folder) / "model.gguf", dtype)
+        result = engine_speed(exported["path"], prompt_tokens, new_tokens, threads, repeats)
+    return {**result, "tensor_types": exported["tensor_types"], "params_after": count_parameters(model)}
+
+
 def _vocab_size(gguf_path: str | Path) -> int:
     import gguf
 

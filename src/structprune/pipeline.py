@@ -435,9 +435,9 @@ def run(model, ratio: float | None, calibration: torch.Tensor | None, compositio
 
     extra_channels = [0] * len(shapes)  # the top-up to a parameter target, per layer (`top_up_channels`)
 
-    def solve_for_target(layer_scores: list) -> None:
+    def solve_for_target(layer_scores: list):
         """Set the ratio (budget and plan) whose cut meets target_params, searching the allocation's results,
-        and the channel top-up that closes the last step of the rule."""
+        and the channel top-up that closes the last step of the rule; the allocation's cut at that ratio."""
         def cut_at(r: float):
             trial = Budget(r, shapes, budget.group_width, budget.params_before, budget.round_to)
             return allocation.fn(layer_scores, trial, evidence, **composition.allocation_options)
@@ -450,10 +450,12 @@ def run(model, ratio: float | None, calibration: torch.Tensor | None, compositio
         kept = cut_at(budget.ratio)
         kept_counts = [len(round_kept(kept.channels[i], s.channels, composition.round_to)) if s is not None else None
                        for i, s in enumerate(layer_scores)]
-        extra_channels[:] = top_up_channels(goal - removed_at(budget.ratio), kept_counts,
-                                            [s.channel_params for s in shapes], composition.round_to)
+        shortfall = goal - removed_params(model, kept, layer_scores, composition, budget.ratio, shapes)
+        extra_channels[:] = top_up_channels(shortfall, kept_counts, [s.channel_params for s in shapes],
+                                            composition.round_to)
         if any(extra_channels):
             plan.extras["top_up_channels"] = list(extra_channels)
+        return kept
 
     def scores_of(index: int):
         return score.fn(model, index, evidence, **composition.score_options)
@@ -493,9 +495,8 @@ def run(model, ratio: float | None, calibration: torch.Tensor | None, compositio
                                                           block_metric)
             evidence.stats = dict(enumerate(stats))
         layer_scores = [scores_of(i) if i in active else None for i in range(len(shapes))]
-        if target_params is not None:
-            solve_for_target(layer_scores)
-        kept = allocation.fn(layer_scores, budget, evidence, **composition.allocation_options)
+        kept = (solve_for_target(layer_scores) if target_params is not None
+                else allocation.fn(layer_scores, budget, evidence, **composition.allocation_options))
         plan.extras = {**kept.extras, **plan.extras}
         for index, s in enumerate(layer_scores):
             cut(index, s, kept.groups[index], kept.channels[index])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .evaluate import PAPER_METRIC, PAPER_TASKS, average_stderr
+from .evaluate import PAPER_METRIC, PAPER_TASKS, Z95, average_stderr
 from .records import atomic_write_text, remove_orphans, results_dir, temporary_prefix
 
 TASK_NAMES = {"boolq": "BoolQ", "piqa": "PIQA", "hellaswag": "HellaSwag", "winogrande": "WinoGrande",
@@ -111,6 +111,11 @@ def pruning_rows(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def paired_text(paired: dict, against: str = "") -> str:
+    """A paired perplexity ratio (`evaluate.paired_perplexity`) as "ratio<against> [low, high]"."""
+    return f"{paired['ratio']:.2f}{against} [{paired['ci95'][0]:.2f}, {paired['ci95'][1]:.2f}]"
+
+
 def matched_rows(records: list[dict], dense: dict) -> pd.DataFrame:
     """Methods at matched parameter counts (pruning records with `target_params`): the target and the achieved
     share of the model removed, the method's solved ratio, parameters, perplexity with its 95 % interval, and a
@@ -135,7 +140,7 @@ def matched_rows(records: list[dict], dense: dict) -> pd.DataFrame:
             verdicts.append("lowest")
             continue
         paired = paired_perplexity(row._ppl, best._ppl)
-        verdicts.append(f"{paired['ratio']:.2f} x {best.method} [{paired['ci95'][0]:.2f}, {paired['ci95'][1]:.2f}]"
+        verdicts.append(paired_text(paired, f" x {best.method}")
                         + (" (not distinguishable)" if paired["verdict"] == "not distinguishable" else ""))
     frame["paired vs lowest"] = verdicts
     return frame.drop(columns="_ppl").sort_values(["target", "perplexity"]).reset_index(drop=True)
@@ -170,8 +175,7 @@ def long_protocol_rows(records: list[dict]) -> pd.DataFrame:
                      "target": None if is_dense else pruning["target_params"],
                      "method": method_label({"config": pruning}), "parameters": metrics["params_after"],
                      "perplexity": ppl["perplexity"], "95 % low": ppl["ci95"][0], "95 % high": ppl["ci95"][1],
-                     "paired x dense": "" if is_dense else
-                     f"{paired['ratio']:.2f} [{paired['ci95'][0]:.2f}, {paired['ci95'][1]:.2f}]"})
+                     "paired x dense": "" if is_dense else paired_text(paired)})
     frame = pd.DataFrame(rows)
     frame["_order"] = frame.target.fillna(-1)
     return frame.sort_values(["seqlen", "_order"]).drop(columns="_order").reset_index(drop=True)
@@ -214,7 +218,7 @@ def zero_shot_rows(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compare_averages(a: pd.Series, b: pd.Series, z: float = 1.959963984540054) -> str:
+def compare_averages(a: pd.Series, b: pd.Series, z: float = Z95) -> str:
     """Whether zero-shot average a (a row of zero_shot_rows) is above b beyond noise: "higher", "lower", or "not
     distinguishable" when the 95 % interval of the difference, sqrt(s.e.a^2 + s.e.b^2) wide on each side,
     includes 0. Unpaired (the records keep no per-document results), so it is conservative."""
