@@ -13,10 +13,10 @@ __version__ = "0.1.0"
 # `structprune.speed`) are always the modules, whatever was imported first.
 _EXPORTS = {
     "Plan": "allocate", "calibration_batches": "data", "evaluation_text": "data", "perplexity": "evaluate",
-    "zero_shot": "evaluate", "export_gguf": "export", "METHODS": "methods", "PruneResult": "methods", "prune": "methods",
+    "zero_shot": "evaluate", "export_gguf": "export", "METHODS": "methods", "PruneResult": "methods", "prune": "methods", "prune_streamed": "methods",
     "Composition": "pipeline", "compose": "pipeline", "load_model": "models", "tiny_llama": "models",
     "load_records": "records", "write_record": "records", "apply_plan": "surgery", "load_pruned": "surgery",
-    "save_pruned": "surgery",
+    "save_pruned": "surgery", "streamed_perplexity": "streaming",
 }
 __all__ = sorted(_EXPORTS)
 

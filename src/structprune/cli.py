@@ -51,6 +51,8 @@ def cmd_evaluate(args) -> int:
     if not (args.perplexity or args.tasks or args.speed):
         raise ValueError("nothing to evaluate: pass --perplexity wikitext2 (or ptb, c4), --tasks boolq,... "
                          "and/or --speed")
+    if streaming_chosen(args):
+        return evaluate_streamed(args)
     start = time.perf_counter()
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     load_seconds = time.perf_counter() - start
@@ -105,6 +107,30 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def evaluate_streamed(args) -> int:
+    """`evaluate --perplexity` of a local model one decoder layer at a time (larger than memory)."""
+    from .models import describe_model, local_tokenizer, resolve_device_dtype, resolve_model_spec
+    from .records import write_record
+
+    if args.tasks or args.speed or not args.perplexity:
+        raise ValueError("a streamed evaluation (--stream, or a model larger than memory) measures perplexity only: "
+                         "pass --perplexity, and evaluate --tasks / --speed on a model that fits")
+    if args.device == "auto":
+        raise ValueError("--stream keeps one layer on one device: use --device cpu or cuda")
+    device, dtype = resolve_device_dtype(args.device, args.dtype)
+    kind, where = resolve_model_spec(args.model)
+    metrics = _streamed_perplexities(where, local_tokenizer(Path(where)), args.perplexity, args.seqlen,
+                                     args.max_windows, args.batch_size, dtype, device)
+    config = {"command": "evaluate", "model": describe_model(args.model, kind, where), "perplexity": args.perplexity,
+              "seqlen": args.seqlen, "max_windows": args.max_windows, "tasks": None, "limit": None,
+              "task_source": args.task_source, "dtype": str(dtype), "streamed": True}
+    path = write_record("evaluate", config, metrics, path=Path(args.output) if args.output else None)
+    for name, result in metrics.items():
+        print(f"{name}: {result['perplexity']:.3f}  ({result['protocol']}, {result['tokens']} tokens, streamed)")
+    print(f"record: {path}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .export import export_gguf
     from .models import load_model
@@ -148,9 +174,36 @@ def _method_or_composition(args, options: dict):
     return compose(**parts, **options)
 
 
+def streaming_chosen(args) -> bool:
+    """--stream, or a local model that would not fit in memory (said on stderr)."""
+    from .models import resolve_device_dtype, resolve_model_spec
+    from .streaming import should_stream
+
+    if args.stream:
+        return True
+    if args.device == "auto":
+        return False  # accelerate's device map places the model itself
+    kind, where = resolve_model_spec(args.model)
+    if kind == "hub":
+        return False
+    too_big, sentence = should_stream(where, resolve_device_dtype(args.device, args.dtype)[1])
+    if too_big:
+        print(f"structprune: {sentence} (--stream)", file=sys.stderr)
+    return too_big
+
+
+def _streamed_perplexities(where, tokenizer, datasets: str | None, seqlen: int, max_windows: int | None,
+                           batch_size: int, dtype, device: str) -> dict:
+    from .streaming import streamed_perplexity
+
+    return {f"perplexity_{dataset}": streamed_perplexity(where, tokenizer, dataset, "test", seqlen, max_windows,
+                                                         batch_size, dtype, device)
+            for dataset in filter(None, (datasets or "").split(","))}
+
+
 def cmd_prune(args) -> int:
-    from .methods import prune
-    from .models import load_model
+    from .methods import prune, prune_streamed
+    from .models import describe_model, load_model, local_tokenizer, resolve_device_dtype, resolve_model_spec
     from .records import environment, write_record
     from .surgery import check_output, save_pruned
 
@@ -165,15 +218,39 @@ def cmd_prune(args) -> int:
         options = {}  # routed into the composition
     output = Path(args.output)
     check_output(output, args.overwrite)  # before any work: a bad destination fails in a second, not after pruning
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    check_free_space(output, model)
-    result = prune(model, method, args.ratio, calibration=args.calibration, tokenizer=tokenizer,
-                   nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, target_params=args.target_params,
-                   **options)
+    streamed = streaming_chosen(args)
+    if streamed and args.recover != "none":
+        raise ValueError("--recover lora trains the whole model at once, so it cannot run streamed: prune with "
+                         "--stream first, then recover the pruned checkpoint where it fits in memory")
+    if streamed and args.device == "auto":
+        raise ValueError("--stream keeps one layer on one device: use --device cpu or cuda, or drop --stream to "
+                         "spread the model with accelerate (--device auto)")
+    model = None
+    if streamed:
+        device, dtype = resolve_device_dtype(args.device, args.dtype)
+        kind, where = resolve_model_spec(args.model)
+        source, dtype_name = describe_model(args.model, kind, where), str(dtype)
+    else:
+        model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+        check_free_space(output, model)
+        source, dtype_name = model.structprune_source, str(model.dtype)
     # The checkpoint is part of the run: pruning the same config to another folder is another record.
-    config = {"command": "prune", "model": model.structprune_source, "method": result.method, "ratio": args.ratio,
-              "target_params": args.target_params, "options": result.options, "calibration": result.calibration, "seed": args.seed,
-              "dtype": str(model.dtype), "recover": args.recover, "output": str(output.resolve())}
+    config = {"command": "prune", "model": source, "method": None, "ratio": args.ratio,
+              "target_params": args.target_params, "options": None, "calibration": None, "seed": args.seed,
+              "dtype": dtype_name, "recover": args.recover, "output": str(output.resolve())}
+    if streamed:
+        config["streamed"] = True
+        result = prune_streamed(args.model, output, method, args.ratio, calibration=args.calibration,
+                                nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
+                                target_params=args.target_params, dtype=dtype, device=device,
+                                overwrite=args.overwrite, provenance=config, **options)
+        config.update(method=result.method, options=result.options, calibration=result.calibration)
+        tokenizer = local_tokenizer(Path(where))
+    else:
+        result = prune(model, method, args.ratio, calibration=args.calibration, tokenizer=tokenizer,
+                       nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, target_params=args.target_params,
+                       **options)
+        config.update(method=result.method, options=result.options, calibration=result.calibration)
     recovery = None
     if args.recover == "lora":
         from .recovery import lora_recover
@@ -184,12 +261,16 @@ def cmd_prune(args) -> int:
                "peak_memory": result.peak_memory, "plan": result.plan.summary()}
     if recovery is not None:
         metrics["recovery_loss_curve"] = recovery["loss_curve"]
-    metrics.update(_perplexities(model, tokenizer, args.perplexity, args.eval_seqlen, args.max_windows,
-                                 args.batch_size))
-    provenance = {**config, "label": result.label, "recovery": recovery, "params_before": result.params_before,
-                  "params_after": result.params_after, "plan": result.plan.to_dict()}
-    provenance.update(environment())
-    save_pruned(model, tokenizer, output, provenance, overwrite=args.overwrite)
+    if streamed:  # the checkpoint is written: score it layer by layer too
+        metrics.update(_streamed_perplexities(output, tokenizer, args.perplexity, args.eval_seqlen, args.max_windows,
+                                              args.batch_size, dtype, device))
+    else:
+        metrics.update(_perplexities(model, tokenizer, args.perplexity, args.eval_seqlen, args.max_windows,
+                                     args.batch_size))
+        provenance = {**config, "label": result.label, "recovery": recovery, "params_before": result.params_before,
+                      "params_after": result.params_after, "plan": result.plan.to_dict()}
+        provenance.update(environment())
+        save_pruned(model, tokenizer, output, provenance, overwrite=args.overwrite)
     try:  # a checkpoint and its record: both, or neither
         path = write_record("prune", config, metrics, {"prune_seconds": result.seconds},
                             extra={"checkpoint": str(args.output)})
@@ -198,7 +279,7 @@ def cmd_prune(args) -> int:
         raise OSError(f"the run record could not be written ({error.strerror or error}), so the checkpoint "
                       f"{output} was removed too: free space or fix the results folder, then run again") from None
     print(f"{result.label} ratio {result.ratio:.4g}: {result.params_before:,} -> {result.params_after:,} parameters "
-          f"in {result.seconds:.1f} s")
+          f"in {result.seconds:.1f} s{' (streamed, one layer resident)' if streamed else ''}")
     for name, value in metrics.items():
         if name.startswith("perplexity_"):
             print(f"{name}: {value['perplexity']:.3f}  ({value['protocol']})")
@@ -281,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default=None, help="cpu | cuda | auto (accelerate device map)")
         p.add_argument("--batch-size", type=positive_int, default=8, help="evaluation batch size (windows)")
         p.add_argument("--max-windows", type=positive_int, default=None, help="evaluate only the first N windows")
+        p.add_argument("--stream", action="store_true",
+                       help="one decoder layer's weights in memory at a time (a local model larger than memory; "
+                            "chosen automatically when the model would not fit)")
 
     ev = sub.add_parser("evaluate", help="perplexity of a model (dense or pruned checkpoint)")
     model_args(ev)

@@ -28,10 +28,8 @@ def model_context_length(model) -> int | None:
 BATCH_TOKENS = 4096
 
 
-@torch.no_grad()
-def perplexity_of_ids(model, ids: torch.Tensor, seqlen: int, max_windows: int | None = None,
-                      batch_size: int = 8) -> dict:
-    """Perplexity of a 1-D tensor of token ids over non-overlapping windows of `seqlen` tokens."""
+def check_windows(model, ids: torch.Tensor, seqlen: int, max_windows: int | None, batch_size: int) -> torch.Tensor:
+    """The [windows, seqlen] evaluation windows of `ids`, after checking the arguments against the model."""
     for name, value, least in (("seqlen", seqlen, 2), ("max_windows", max_windows, 1), ("batch_size", batch_size, 1)):
         if value is not None and (not isinstance(value, int) or value < least):
             raise ValueError(f"{name} must be a whole number of at least {least}, got {value!r}")
@@ -43,8 +41,16 @@ def perplexity_of_ids(model, ids: torch.Tensor, seqlen: int, max_windows: int | 
         windows = min(windows, max_windows)
     if windows < 1:
         raise ValueError(f"the evaluation text has {ids.numel()} tokens, fewer than one window of {seqlen}")
+    return ids[: windows * seqlen].view(windows, seqlen)
+
+
+@torch.no_grad()
+def perplexity_of_ids(model, ids: torch.Tensor, seqlen: int, max_windows: int | None = None,
+                      batch_size: int = 8) -> dict:
+    """Perplexity of a 1-D tensor of token ids over non-overlapping windows of `seqlen` tokens."""
+    chunks = check_windows(model, ids, seqlen, max_windows, batch_size)
+    windows = chunks.shape[0]
     device = next(model.parameters()).device
-    chunks = ids[: windows * seqlen].view(windows, seqlen)
     # At most BATCH_TOKENS tokens per forward: a batch's logits are tokens x vocabulary floats (8 x 2048 x 49,152
     # is 3 GiB), and past that size the batch is slower, not faster (3x at seqlen 2048 on a 2-core CPU).
     batch_size = max(1, min(batch_size, BATCH_TOKENS // seqlen))
@@ -58,6 +64,12 @@ def perplexity_of_ids(model, ids: torch.Tensor, seqlen: int, max_windows: int | 
         total_nll += per_token.sum().item()  # float32 sum, as reduction="sum" would give
         total_tokens += batch[:, 1:].numel()
         window_nll += per_token.double().view(len(batch), -1).mean(1).tolist()
+    return summarise_windows(window_nll, total_nll, total_tokens, seqlen, time.perf_counter() - start)
+
+
+def summarise_windows(window_nll: list[float], total_nll: float, total_tokens: int, seqlen: int,
+                      seconds: float) -> dict:
+    """A perplexity result from the windows' negative log-likelihoods."""
     mean_nll = total_nll / total_tokens
     if not math.isfinite(mean_nll):
         raise FloatingPointError(f"the model's loss is {mean_nll} on these windows (NaN or Inf in its outputs): the "
@@ -68,10 +80,10 @@ def perplexity_of_ids(model, ids: torch.Tensor, seqlen: int, max_windows: int | 
         "mean_nll": mean_nll,
         "ci95": [low, high],  # delta method over windows (perplexity_interval)
         "window_nll": window_nll,  # per window: paired comparisons of two models on the same windows
-        "windows": windows,
+        "windows": len(window_nll),
         "tokens": total_tokens,
         "seqlen": seqlen,
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
     }
 
 
@@ -138,10 +150,16 @@ def perplexity(model, tokenizer, dataset: str = "wikitext2", split: str = "test"
                max_windows: int | None = None, batch_size: int = 8, data_path=None) -> dict:
     """Perplexity on a dataset's evaluation split; the result carries its protocol."""
     ids = evaluation_ids(tokenizer, dataset, split, data_path)
-    result = perplexity_of_ids(model, ids, seqlen, max_windows, batch_size)
+    return with_protocol(perplexity_of_ids(model, ids, seqlen, max_windows, batch_size), dataset, split, max_windows,
+                         ids)
+
+
+def with_protocol(result: dict, dataset: str, split: str, max_windows: int | None, ids: torch.Tensor) -> dict:
+    """A perplexity result with the evaluation set and windows it was measured on."""
     result.update({
         "dataset": dataset, "split": split, "max_windows": max_windows, "text_tokens": ids.numel(),
-        "protocol": f"non-overlapping {seqlen}-token windows, first {result['windows']} of {ids.numel() // seqlen}",
+        "protocol": f"non-overlapping {result['seqlen']}-token windows, first {result['windows']} of "
+                    f"{ids.numel() // result['seqlen']}",
     })
     return result
 

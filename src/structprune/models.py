@@ -185,15 +185,9 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(spec: str = "embedded", dtype: torch.dtype | str | None = None, device: str | None = None,
-               trust_remote_code: bool = False):
-    """Load (model, tokenizer) from a model spec (see the module docstring).
-
-    dtype: default float32 on CPU, float16 on CUDA. device: `cpu`, `cuda`, or `auto` (accelerate's
-    device map, for models larger than one device). Pruned checkpoints load without remote code.
-    """
-    from . import pruned_modeling  # noqa: F401  (registers the pruned-checkpoint classes)
-
+def resolve_device_dtype(device: str | None, dtype: torch.dtype | str | None) -> tuple[str, torch.dtype]:
+    """The device and dtype a model loads with: given ones checked, defaults filled in (float32 on CPU,
+    float16 on CUDA)."""
     device = device or default_device()
     if device not in ("cpu", "auto") and not device.startswith("cuda"):
         raise ValueError(f"unknown device {device!r}: choose cpu, cuda (cuda:N) or auto (accelerate device map)")
@@ -204,8 +198,20 @@ def load_model(spec: str = "embedded", dtype: torch.dtype | str | None = None, d
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
         dtype = DTYPES[dtype]
+    return device, dtype or (torch.float16 if device.startswith("cuda") or device == "auto" else torch.float32)
+
+
+def load_model(spec: str = "embedded", dtype: torch.dtype | str | None = None, device: str | None = None,
+               trust_remote_code: bool = False):
+    """Load (model, tokenizer) from a model spec (see the module docstring).
+
+    dtype: default float32 on CPU, float16 on CUDA. device: `cpu`, `cuda`, or `auto` (accelerate's
+    device map, for models larger than one device). Pruned checkpoints load without remote code.
+    """
+    from . import pruned_modeling  # noqa: F401  (registers the pruned-checkpoint classes)
+
+    device, dtype = resolve_device_dtype(device, dtype)
     kind, where = resolve_model_spec(spec)
-    dtype = dtype or (torch.float16 if device.startswith("cuda") or device == "auto" else torch.float32)
     # Weights are read from safetensors only, local or hub: nothing here unpickles a model.
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}
     if device == "auto":
@@ -218,10 +224,17 @@ def load_model(spec: str = "embedded", dtype: torch.dtype | str | None = None, d
     if device != "auto":
         model.to(device)
     model.eval()
-    has_tokenizer = kind == "hub" or any((Path(where) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
-    tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code) if has_tokenizer else None
+    tokenizer = (AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code) if kind == "hub"
+                 else local_tokenizer(Path(where), trust_remote_code))
     model.structprune_source = describe_model(spec, kind, where)
     return model, tokenizer
+
+
+def local_tokenizer(where: Path, trust_remote_code: bool = False):
+    """The tokenizer saved in a local checkpoint folder, or None when it has none."""
+    if not any((where / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    return AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")

@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -40,6 +43,7 @@ from .architectures import (
 )
 from .compensate import COMPENSATIONS, Compensation
 from .options import check_option_values
+from .progress import progress
 from .scores import (
     SCORE_ALIASES,
     SCORES,
@@ -65,6 +69,9 @@ ATTENTION_UNITS = ("kv_group", "value_channel")
 COLUMN_SCORES = ("magnitude", "wanda", "ifv", "wifv", "activation", "activation_relative")
 DATA_EVIDENCE = frozenset({"stats", "gram", "gradients", "fisher", "batch_taylor", "block_importance"})
 GRADIENT_EVIDENCE = frozenset({"gradients", "fisher", "batch_taylor"})
+
+if TYPE_CHECKING:
+    from .streaming import LayerStream
 
 
 @dataclass(frozen=True)
@@ -209,13 +216,14 @@ def batch_taylor(model, calibration: torch.Tensor, batches: int) -> list[dict]:
 _BLOCK_PASSES: dict[str, tuple[list, torch.Tensor]] = {}
 
 
-def dense_pass(model, calibration: torch.Tensor, gram: bool, batch_size: int,
-               block_metric: str | None = None) -> tuple[list[dict[str, ChannelStats]], torch.Tensor | None]:
+def dense_pass(model, calibration: torch.Tensor, gram: bool, batch_size: int, block_metric: str | None = None,
+               on_layer=None, resident=None) -> tuple[list[dict[str, ChannelStats]], torch.Tensor | None]:
     """One pass of the dense model: o_proj / down_proj input statistics of every layer, and, with a block
-    metric, each block's summed input-output distance."""
+    metric, each block's summed input-output distance (on_layer, resident: see `collect_statistics`)."""
     targets = output_linears(model)
+    streamed = {"on_layer": on_layer, "resident": resident}
     if block_metric is None:
-        return collect_statistics(model, calibration, targets, gram=gram, batch_size=batch_size), None
+        return collect_statistics(model, calibration, targets, gram=gram, batch_size=batch_size, **streamed), None
     key = statistics_key(model, calibration, (*targets, f"block:{block_metric}"), gram, batch_size)
     if key in _BLOCK_PASSES:
         stats, importance = _BLOCK_PASSES[key]
@@ -227,7 +235,7 @@ def dense_pass(model, calibration: torch.Tensor, gram: bool, batch_size: int,
                                 for x, y in zip(inputs, outputs, strict=True))
 
     stats = collect_statistics(model, calibration, targets, on_block=add_block_distance, gram=gram,
-                               batch_size=batch_size)
+                               batch_size=batch_size, **streamed)
     if key is not None:
         _BLOCK_PASSES.clear()  # one entry: the pass of the model being swept
         _BLOCK_PASSES[key] = (copy.deepcopy(stats), importance.clone())
@@ -404,14 +412,22 @@ def top_up_channels(shortfall: float, kept_channels: list[int | None], channel_p
 
 
 def run(model, ratio: float | None, calibration: torch.Tensor | None, composition: Composition,
-        method: str = "composed", options: dict | None = None, target_params: float | None = None) -> Plan:
+        method: str = "composed", options: dict | None = None, target_params: float | None = None,
+        stream: LayerStream | None = None) -> Plan:
     """Prune `model` in place with `composition` at `ratio`, or at the ratio of the method's own rule whose cut
     removes the fraction `target_params` of the whole model's parameters; the plan it applied (see the module
-    docstring)."""
+    docstring). With `stream`, `model` is a skeleton whose decoder layers the stream reads one at a time, and
+    each cut layer is written to the stream's output checkpoint (`streaming`: one pass for sequential
+    methods, a scoring pass and a cutting pass for one-shot ones)."""
     from .surgery import finalize_pruned
 
     composition.check()
     needs = composition.needs()
+    if stream is not None and needs & GRADIENT_EVIDENCE:
+        raise ValueError(f"{method}: score {composition.score!r} / allocation {composition.allocation!r} take LM-loss "
+                         "gradients through the whole model at once, so they cannot stream one layer at a time: "
+                         "load the model whole, with accelerate offload for a large one (--device auto), or choose "
+                         "a score that reads calibration statistics (wanda, wifv, activation)")
     if needs & DATA_EVIDENCE and calibration is None:
         raise ValueError(f"{method}: score {composition.score!r}, allocation {composition.allocation!r} and "
                          f"compensation {composition.compensation!r} read calibration data: pass calibration= "
@@ -485,21 +501,46 @@ def run(model, ratio: float | None, calibration: torch.Tensor | None, compositio
             kept = allocation.fn([layer_scores], layer_budget, evidence, **composition.allocation_options)
             cut(index, layer_scores, kept.groups[0], kept.channels[0])
 
-        collect_statistics(model, calibration, output_linears(model), prune_layer=prune_now, gram=gram,
-                           batch_size=composition.batch_size)
+        if stream is None:
+            collect_statistics(model, calibration, output_linears(model), prune_layer=prune_now, gram=gram,
+                               batch_size=composition.batch_size)
+        elif calibration is None:  # a data-free layer-wise rule: read, cut and write each layer
+            for index in progress(range(len(shapes)), "pruning (streamed)", unit="layer"):
+                with stream.layer(index, write=True):
+                    prune_now(index, {})
+        else:
+            collect_statistics(model, calibration, output_linears(model), prune_layer=prune_now, gram=gram,
+                               batch_size=composition.batch_size, resident=partial(stream.layer, write=True))
     else:
-        if needs & {"stats", "gram", "block_importance"}:
-            block_metric = (composition.allocation_options.get("block_metric", allocation.defaults.get("block_metric"))
-                            if "block_importance" in needs else None)
-            stats, evidence.block_importance = dense_pass(model, calibration, gram, composition.batch_size,
-                                                          block_metric)
-            evidence.stats = dict(enumerate(stats))
-        layer_scores = [scores_of(i) if i in active else None for i in range(len(shapes))]
+        block_metric = (composition.allocation_options.get("block_metric", allocation.defaults.get("block_metric"))
+                        if "block_importance" in needs else None)
+        if stream is None:
+            if needs & {"stats", "gram", "block_importance"}:
+                stats, evidence.block_importance = dense_pass(model, calibration, gram, composition.batch_size,
+                                                              block_metric)
+                evidence.stats = dict(enumerate(stats))
+            layer_scores = [scores_of(i) if i in active else None for i in range(len(shapes))]
+        else:  # the scoring pass: each layer scored while its weights are read
+            layer_scores = [None] * len(shapes)
+
+            def score_resident(index: int, stats: dict[str, ChannelStats]) -> None:
+                evidence.stats[index] = stats
+                layer_scores[index] = scores_of(index) if index in active else None
+
+            if needs & {"stats", "gram", "block_importance"}:
+                _, evidence.block_importance = dense_pass(model, calibration, gram, composition.batch_size,
+                                                          block_metric, on_layer=score_resident, resident=stream.layer)
+            else:
+                for index in progress(range(len(shapes)), "scoring (streamed)", unit="layer"):
+                    with stream.layer(index):
+                        score_resident(index, {})
         kept = (solve_for_target(layer_scores) if target_params is not None
                 else allocation.fn(layer_scores, budget, evidence, **composition.allocation_options))
         plan.extras = {**kept.extras, **plan.extras}
-        for index, s in enumerate(layer_scores):
-            cut(index, s, kept.groups[index], kept.channels[index])
+        for index, s in progress(enumerate(layer_scores), "cutting (streamed)" if stream else "cutting",
+                                 total=len(layer_scores), unit="layer"):
+            with stream.layer(index, write=True) if stream is not None else nullcontext():
+                cut(index, s, kept.groups[index], kept.channels[index])
     finalize_pruned(model)
     return plan
 

@@ -6,7 +6,8 @@
    One-shot mode (FLAP): the hooked pass's outputs are the next inputs, so all statistics come from the
    dense model. Sequential mode (Wanda-sp, FASP): a callback prunes the layer, which is then re-run so the
    next layer sees the pruned layer's outputs.
-Only one decoder layer's activations are resident. Works on CPU, CUDA and accelerate device maps.
+Only one decoder layer's activations are resident (and, streamed, one layer's weights: `resident`). Works on CPU,
+CUDA and accelerate device maps.
 
 Besides the input statistics: block distances (a block's input against its output, CFSP's block importance)
 through `on_block`, and LM-loss gradients of the prunable linears (Taylor scores) through `lm_loss_gradients`.
@@ -18,6 +19,7 @@ import copy
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
@@ -168,6 +170,8 @@ def collect_statistics(
     on_block: Callable[[int, list[torch.Tensor], list[torch.Tensor]], None] | None = None,
     gram: bool = False,
     batch_size: int = 8,
+    on_layer: Callable[[int, dict[str, ChannelStats]], None] | None = None,
+    resident: Callable[[int], AbstractContextManager] | None = None,
 ) -> list[dict[str, ChannelStats]]:
     """Input statistics of the named linears (`targets`, module paths inside a decoder layer such as
     `self_attn.o_proj`) of every decoder layer, from one pass over the calibration batches.
@@ -175,13 +179,16 @@ def collect_statistics(
     prune_layer(index, stats): sequential mode; called after a layer's statistics, the layer is then
     re-run so the next layer sees the pruned outputs. on_block(index, inputs, outputs): block
     input/output hook (hidden states before and after the layer). gram: also accumulate X^T X.
+    on_layer(index, stats): called last for each layer, while its weights are still in memory (streamed
+    scoring). resident(index): a context manager that holds layer `index`'s weights for its iteration
+    (`streaming.LayerStream.layer`: read from the checkpoint on entry, written and/or freed on exit).
     One-shot results of CPU models are cached (same weights, ids and targets give the same statistics).
     """
     if calibration.dim() != 2 or calibration.shape[0] < 1:
         raise ValueError(f"calibration must be a [samples, tokens] tensor of token ids, got {tuple(calibration.shape)}")
     adapter_for(model)  # fails clearly on an unsupported architecture
     key = None
-    if prune_layer is None and on_block is None:
+    if prune_layer is None and on_block is None and on_layer is None and resident is None:
         key = statistics_key(model, calibration, targets, gram, batch_size)
         if key in _CACHE:
             _CACHE.move_to_end(key)
@@ -190,43 +197,53 @@ def collect_statistics(
     all_stats: list[dict[str, ChannelStats]] = []
     layers = decoder_layers(model)
     mode = "sequential" if prune_layer is not None else "one-shot"
-    for index, layer in progress(enumerate(layers), f"calibration ({mode}, {calibration.shape[0]} x "
-                                 f"{calibration.shape[1]} tokens)", total=len(layers), unit="layer"):
-        stats: dict[str, ChannelStats] = {}
-        handles = []
-        for name in targets:
-            try:
-                module = layer.get_submodule(name)
-            except AttributeError:
-                continue  # e.g. an attention block that has lost every head
-            if module.in_features == 0:
-                continue
-            stats[name] = ChannelStats(module.in_features, device=_device_of(module))
-            if gram:
-                stats[name].gram = torch.zeros(module.in_features, module.in_features, dtype=torch.float64,
-                                               device=_device_of(module))
-            handles.append(module.register_forward_hook(
-                lambda mod, args, out, s=stats[name]: s.update(args[0])))
-        try:
-            outputs = _run_layer(layer, inputs)
-        finally:
-            for handle in handles:
-                handle.remove()
-        for name, s in stats.items():
-            s.check_finite(f"layer {index} {name}")
-        if prune_layer is not None:
-            prune_layer(index, stats)
-            layer = decoder_layers(model)[index]
-            outputs = _run_layer(layer, inputs)
-        if on_block is not None:
-            on_block(index, [h for h, _ in inputs], outputs)
-        inputs = [(out, kwargs) for out, (_, kwargs) in zip(outputs, inputs, strict=True)]
+    for index in progress(range(len(layers)), f"calibration ({mode}, {calibration.shape[0]} x "
+                          f"{calibration.shape[1]} tokens)", unit="layer"):
+        with resident(index) if resident is not None else nullcontext():
+            inputs, stats = _layer_statistics(model, index, inputs, targets, prune_layer, on_block, on_layer, gram)
         all_stats.append(stats)
     if key is not None:
         _CACHE[key] = copy.deepcopy(all_stats)
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     return all_stats
+
+
+def _layer_statistics(model, index: int, inputs: list, targets: Sequence[str], prune_layer, on_block, on_layer,
+                      gram: bool) -> tuple[list, dict[str, ChannelStats]]:
+    """One layer of `collect_statistics`: its statistics (and callbacks); the next layer's inputs."""
+    layer = decoder_layers(model)[index]
+    stats: dict[str, ChannelStats] = {}
+    handles = []
+    for name in targets:
+        try:
+            module = layer.get_submodule(name)
+        except AttributeError:
+            continue  # e.g. an attention block that has lost every head
+        if module.in_features == 0:
+            continue
+        stats[name] = ChannelStats(module.in_features, device=_device_of(module))
+        if gram:
+            stats[name].gram = torch.zeros(module.in_features, module.in_features, dtype=torch.float64,
+                                           device=_device_of(module))
+        handles.append(module.register_forward_hook(
+            lambda mod, args, out, s=stats[name]: s.update(args[0])))
+    try:
+        outputs = _run_layer(layer, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, s in stats.items():
+        s.check_finite(f"layer {index} {name}")
+    if prune_layer is not None:
+        prune_layer(index, stats)
+        layer = decoder_layers(model)[index]
+        outputs = _run_layer(layer, inputs)
+    if on_block is not None:
+        on_block(index, [h for h, _ in inputs], outputs)
+    if on_layer is not None:
+        on_layer(index, stats)
+    return [(out, kwargs) for out, (_, kwargs) in zip(outputs, inputs, strict=True)], stats
 
 
 def block_distance(inputs: torch.Tensor, outputs: torch.Tensor, metric: str = "angular") -> torch.Tensor:

@@ -244,18 +244,23 @@ def save_pruned(model, tokenizer, path: str | Path, provenance: dict | None = No
             tokenizer.save_pretrained(tmp)
         shutil.copyfile(pruned_modeling.__file__, tmp / MODELING_FILE)
         (tmp / SIDECAR).write_text(json.dumps(provenance or {}, indent=2, default=str) + "\n")
-        if path.exists():
-            # Two renames: a crash between them leaves <path>.old-<pid>, which the next save restores
-            # (`recover_stranded`), so the old checkpoint is never lost.
-            old = path.with_name(path.name + f"{OLD_MARK}{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        install_checkpoint(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def install_checkpoint(tmp: Path, path: Path) -> None:
+    """Move a finished checkpoint folder `tmp` to `path`, replacing a checkpoint there (checked by
+    `check_output`). Two renames: a crash between them leaves <path>.old-<pid>, which the next save restores
+    (`recover_stranded`), so the old checkpoint is never lost."""
+    if path.exists():
+        old = path.with_name(path.name + f"{OLD_MARK}{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
 
 
 OLD_MARK = ".old-"

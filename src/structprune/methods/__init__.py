@@ -65,7 +65,8 @@ class PruneResult:
 
 def check_finite_weights(model) -> None:
     """Refuse weights with NaN or Inf: every score computed from them would be meaningless."""
-    bad = [name for name, param in model.named_parameters() if not torch.isfinite(param).all()]
+    bad = [name for name, param in model.named_parameters()
+           if param.device.type != "meta" and not torch.isfinite(param).all()]  # streamed layers: checked when read
     if bad:
         raise FloatingPointError(f"NaN or Inf in the weights of {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}: "
                                  "the checkpoint is damaged or was loaded in a dtype that overflows; reload it "
@@ -104,7 +105,7 @@ def method_parts(method: str | Composition, options: dict, seed: int | None) -> 
 
 def prune(model, method: str | Composition, ratio: float | None = None, calibration: torch.Tensor | str | None = None,
           tokenizer=None, nsamples: int | None = None, seqlen: int | None = None, seed: int | None = None,
-          data_path=None, target_params: float | None = None, **options) -> PruneResult:
+          data_path=None, target_params: float | None = None, stream=None, **options) -> PruneResult:
     """Prune `model` in place with a paper method (by name) or a `compose(...)`d one; the result (plan,
     timings, parameters).
 
@@ -118,6 +119,9 @@ def prune(model, method: str | Composition, ratio: float | None = None, calibrat
     one MLP channel: a search over the method's own ratio (its rule unchanged, on scores computed once) for
     the largest cut at or below it, then the shortfall as MLP channels spread evenly over the layers
     (`pipeline.top_up_channels`; `plan.extras` records target, top-up and achievement).
+
+    stream: a `streaming.LayerStream` whose skeleton is `model`: prune one decoder layer resident, writing
+    the cut layers to the stream's output checkpoint (`prune_streamed` does it from a checkpoint folder).
     """
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT):
         raise ValueError(f"seed must be a whole number in [0, 2**63), got {seed!r}")
@@ -167,7 +171,8 @@ def prune(model, method: str | Composition, ratio: float | None = None, calibrat
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     torch.manual_seed(seed)
-    plan = run(model, ratio, ids, composition, method=name, options=options, target_params=target_params)
+    plan = run(model, ratio, ids, composition, method=name, options=options, target_params=target_params,
+               stream=stream)
     if target_params is not None:
         ratio = plan.ratio
         plan.extras.update(target_params=target_params, achieved_fraction=1 - plan.params_after / plan.params_before)
@@ -189,3 +194,35 @@ def prune(model, method: str | Composition, ratio: float | None = None, calibrat
     return PruneResult(model=model, plan=plan, method=name, label=label, ratio=ratio, options=options,
                        calibration=info, seconds=seconds, params_before=params_before,
                        params_after=count_parameters(model), peak_memory=peak)
+
+
+def prune_streamed(model_dir: str, output: str, method: str | Composition, ratio: float | None = None,
+                   calibration: torch.Tensor | str | None = None, nsamples: int | None = None,
+                   seqlen: int | None = None, seed: int | None = None, data_path=None,
+                   target_params: float | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                   overwrite: bool = False, provenance: dict | None = None, **options) -> PruneResult:
+    """`prune` a local safetensors checkpoint (a folder, `embedded`, `tiny-smollm2`) that need not fit in
+    memory: one decoder layer's weights resident at a time, the pruned checkpoint written layer by layer to
+    `output` and renamed into place at the end (`streaming`). The same plan and weights as pruning in memory.
+    The result's model is the skeleton (its decoder layers on the meta device): reload `output` to use it."""
+    from ..models import local_tokenizer
+    from ..records import environment
+    from ..streaming import local_checkpoint, open_stream
+
+    where = local_checkpoint(model_dir)
+    stream = open_stream(where, dtype, device, output=output, overwrite=overwrite)
+    try:
+        tokenizer = local_tokenizer(where)
+        result = prune(stream.model, method, ratio, calibration=calibration, tokenizer=tokenizer, nsamples=nsamples,
+                       seqlen=seqlen, seed=seed, data_path=data_path, target_params=target_params, stream=stream,
+                       **options)
+        stream.write_rest()
+        record = {"model": {"spec": model_dir, "path": str(where)}, "dtype": str(dtype), **(provenance or {}),
+                  "method": result.method, "options": result.options, "calibration": result.calibration,
+                  "streamed": True, "label": result.label, "params_before": result.params_before,
+                  "params_after": result.params_after, "plan": result.plan.to_dict(), **environment()}
+        stream.writer.finish(stream.model, tokenizer, record)
+    except BaseException:
+        stream.writer.abort()
+        raise
+    return result
