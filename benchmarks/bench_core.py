@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
 import statistics
 import time
 
@@ -23,6 +22,7 @@ def _case(name: str, nsamples: int, seqlen: int, repeats: int, queue) -> None:
 
     from structprune import calibration_batches, load_model, prune
     from structprune.scores import output_linears
+    from structprune.speed import peak_rss_mib
     from structprune.stats import collect_statistics
 
     model, tokenizer = load_model("embedded")
@@ -41,7 +41,7 @@ def _case(name: str, nsamples: int, seqlen: int, repeats: int, queue) -> None:
 
             prune(copy.deepcopy(model), name, 0.2, calibration=ids)
         times.append(time.perf_counter() - start)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mib = peak_rss_mib()
     queue.put({"case": name, "seconds_median": statistics.median(times), "seconds": times, "peak_rss_mib": peak_mib,
                "threads": torch.get_num_threads()})
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import resource
 import statistics
+import sys
 import time
 
 import torch
@@ -22,6 +23,19 @@ from .architectures import adapter_for, attention_of, count_parameters, decoder_
 
 PREFILL_SHAPES = ((1, 128), (1, 512), (8, 128), (8, 512))  # (batch, prompt tokens)
 DECODE_BATCHES = (1, 8)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory, MiB: the kernel's high-water mark of its own address space
+    (VmHWM). getrusage's ru_maxrss is not used where VmHWM exists: Linux carries it over from the parent
+    across fork and exec, so a child started by a large process would report the parent's peak."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 2**20)
 
 
 def macs_per_token(model, context: float = 0.0) -> dict:
@@ -157,7 +171,7 @@ def speed(model, prefill_shapes=PREFILL_SHAPES, decode_batches=DECODE_BATCHES, n
         torch.cuda.synchronize(device)
         memory = {"cuda_max_allocated_mib": torch.cuda.max_memory_allocated(device) / 2**20}
     else:
-        memory = {"process_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        memory = {"process_peak_rss_mib": peak_rss_mib()}
     weights = {id(p): p for p in model.parameters()}.values()
     memory["weights_mib"] = sum(p.numel() * p.element_size() for p in weights) / 2**20
     return {

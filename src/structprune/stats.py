@@ -77,6 +77,15 @@ class ChannelStats:
             )
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN or Inf in `tensor`: its minimum and maximum are finite (min/max propagate NaN), several times
+    faster than isfinite over every element in half precision on a CPU."""
+    if tensor.numel() == 0:
+        return True
+    low, high = torch.aminmax(tensor.detach())
+    return bool(torch.isfinite(low) and torch.isfinite(high))
+
+
 class _Captured(Exception):
     pass
 

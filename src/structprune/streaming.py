@@ -32,6 +32,8 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,6 +42,7 @@ from torch import nn
 
 from .architectures import adapter_for, decoder_layers
 from .progress import progress
+from .stats import all_finite
 
 
 class CheckpointReader:
@@ -120,7 +123,7 @@ def skeleton(reader: CheckpointReader, dtype: torch.dtype, device: str = "cpu") 
     if tied:
         model.tie_weights()
     for name, param in model.named_parameters():
-        if param.device.type != "meta" and not torch.isfinite(param).all():
+        if param.device.type != "meta" and not all_finite(param):
             raise FloatingPointError(f"NaN or Inf in {name} of {reader.where}: the checkpoint is damaged")
     return model
 
@@ -147,36 +150,51 @@ class CheckpointWriter:
         os.chmod(self.tmp, 0o777 & ~current_umask())
         self.weight_map: dict[str, str] = {}
         self.total_bytes = 0
+        # One shard is written in the background while the next layer is read and cut (the disk and the CPU
+        # work at once); at most one write is in flight, so at most one written layer waits in memory.
+        self._writing: Future | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="structprune-writer")
 
     def write(self, shard: str, tensors: dict[str, torch.Tensor]) -> None:
-        """Write one shard (atomically within the temporary folder)."""
-        from safetensors.torch import save_file
-
+        """Write one shard (atomically within the temporary folder), in the background; a failure of the
+        previous write is raised here."""
         tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
-        try:
-            save_file(tensors, str(self.tmp / (shard + ".partial")), metadata={"format": "pt"})
-            os.replace(self.tmp / (shard + ".partial"), self.tmp / shard)
-        except OSError as error:
-            self.abort()
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise OSError(error.errno, f"disk full while writing {shard} of {self.path}: nothing was kept; "
-                              "free space or choose another --output, then run again") from None
-            raise
-        except Exception as error:  # safetensors reports a failed write as its own error type
-            self.abort()
-            if "No space left" in str(error):
-                raise OSError(errno.ENOSPC, f"disk full while writing {shard} of {self.path}: nothing was kept; "
-                              "free space or choose another --output, then run again") from None
-            raise
+        self.wait()
+        self._writing = self._executor.submit(self._write_now, shard, tensors)
         for key, tensor in tensors.items():
             self.weight_map[key] = shard
             self.total_bytes += tensor.numel() * tensor.element_size()
+
+    def _write_now(self, shard: str, tensors: dict[str, torch.Tensor]) -> None:
+        from safetensors.torch import save_file
+
+        try:
+            save_file(tensors, str(self.tmp / (shard + ".partial")), metadata={"format": "pt"})
+            os.replace(self.tmp / (shard + ".partial"), self.tmp / shard)
+        except Exception as error:  # safetensors reports a failed write as its own error type
+            code = getattr(error, "errno", None)
+            if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error):
+                raise OSError(code or errno.ENOSPC, f"disk full while writing {shard} of {self.path}: nothing was "
+                              "kept; free space or choose another --output, then run again") from None
+            raise
+
+    def wait(self) -> None:
+        """Wait for the write in flight; its error, if it failed (the temporary folder is then removed)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            try:
+                writing.result()
+            except BaseException:
+                self.abort()
+                raise
 
     def finish(self, model: nn.Module, tokenizer, provenance: dict) -> Path:
         """Write the index, config, tokenizer, modeling file and provenance; rename into place."""
         from . import pruned_modeling
         from .surgery import MODELING_FILE, SIDECAR, install_checkpoint
 
+        self.wait()
+        self._executor.shutdown()
         index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(self.weight_map.items()))}
         (self.tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         model.config.save_pretrained(self.tmp)
@@ -190,6 +208,11 @@ class CheckpointWriter:
         return self.path
 
     def abort(self) -> None:
+        """Remove the temporary folder (after any write in flight)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            wait_futures([writing])
+        self._executor.shutdown()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -207,19 +230,28 @@ class LayerStream:
         self.prefix = adapter_for(model).layers
         self.layers = len(decoder_layers(model))
         self.written: set[int] = set()
+        # The next layer is read in the background while this one computes (passes go in layer order).
+        self._next: tuple[int, Future] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="structprune-reader")
+
+    def _read(self, index: int) -> dict[str, torch.Tensor]:
+        prefix = f"{self.prefix}.{index}."
+        return {k[len(prefix):]: v for k, v in
+                self.reader.read(self.reader.names(prefix), self.dtype, self.device).items()}
 
     def load(self, index: int) -> nn.Module:
-        """Read layer `index`'s weights from the checkpoint into the skeleton."""
+        """Read layer `index`'s weights from the checkpoint into the skeleton, and start reading the next."""
         layer = decoder_layers(self.model)[index]
-        prefix = f"{self.prefix}.{index}."
-        tensors = self.reader.read(self.reader.names(prefix), self.dtype, self.device)
-        state = {k[len(prefix):]: v for k, v in tensors.items()}
+        upcoming, self._next = self._next, None
+        state = upcoming[1].result() if upcoming is not None and upcoming[0] == index else self._read(index)
+        if index + 1 < self.layers:
+            self._next = (index + 1, self._executor.submit(self._read, index + 1))
         try:
             layer.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as error:
             raise ValueError(f"{self.reader.where}: layer {index}'s tensors do not match its config "
                              f"({str(error).splitlines()[0]}): the checkpoint is damaged or mislabelled") from None
-        bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
+        bad = [k for k, v in state.items() if not all_finite(v)]
         if bad:
             raise FloatingPointError(f"NaN or Inf in layer {index} ({', '.join(bad[:3])}) of {self.reader.where}: "
                                      "the checkpoint is damaged, or overflows in this dtype (load in float32)")

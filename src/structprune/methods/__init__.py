@@ -17,6 +17,7 @@ from ..allocate import Plan, check_ratio
 from ..architectures import adapter_for, count_parameters
 from ..options import SEED_LIMIT, check_option_values
 from ..pipeline import Composition, run
+from ..stats import all_finite
 from . import cfsp, fasp, flap, llm_pruner, magnitude, random_sp, saap, wanda_sp
 from .base import Method
 
@@ -66,7 +67,7 @@ class PruneResult:
 def check_finite_weights(model) -> None:
     """Refuse weights with NaN or Inf: every score computed from them would be meaningless."""
     bad = [name for name, param in model.named_parameters()
-           if param.device.type != "meta" and not torch.isfinite(param).all()]  # streamed layers: checked when read
+           if param.device.type != "meta" and not all_finite(param)]  # streamed layers: checked when read
     if bad:
         raise FloatingPointError(f"NaN or Inf in the weights of {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}: "
                                  "the checkpoint is damaged or was loaded in a dtype that overflows; reload it "
@@ -188,9 +189,9 @@ def prune(model, method: str | Composition, ratio: float | None = None, calibrat
         warn_unaligned_widths(plan)
         peak = {"cuda_max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20}
     else:
-        import resource
+        from ..speed import peak_rss_mib
 
-        peak = {"process_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        peak = {"process_peak_rss_mib": peak_rss_mib()}
     return PruneResult(model=model, plan=plan, method=name, label=label, ratio=ratio, options=options,
                        calibration=info, seconds=seconds, params_before=params_before,
                        params_after=count_parameters(model), peak_memory=peak)
