@@ -15,7 +15,7 @@ EXECUTED := $(patsubst %,results/notebooks/%.ipynb,$(NOTEBOOKS))
 # Tests and CI never wait on the network.
 TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help setup reproduce test check bench report lab clean
+.PHONY: help setup reproduce test check bench bench-stream report lab clean
 
 help:  ## list the commands
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ check: $(STAMP)  ## fast checks (< 2 min): lint, unit tests on the tiny model, n
 bench: $(STAMP)  ## benchmarks: pruning core cost, pruned-model speed target (records under results/runs/)
 	$(TEST_ENV) $(PY) benchmarks/bench_core.py
 	$(TEST_ENV) $(PY) benchmarks/bench_speed.py
+
+bench-stream: $(STAMP)  ## benchmark: streamed FLAP of a random LLaMA-2-7B-shaped checkpoint (writes 13.5 GB + 11 GB to ~/.cache)
+	$(TEST_ENV) $(PY) benchmarks/bench_stream.py
 
 lab: $(STAMP)  ## open JupyterLab on the notebooks
 	$(PY) -m jupyter lab notebooks

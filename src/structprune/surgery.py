@@ -57,7 +57,9 @@ def _sliced(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Ten
     if bias_add is not None:
         bias_add = bias_add.to(device=weight.device, dtype=torch.float64)
         bias = (bias.double() + bias_add if bias is not None else bias_add).to(weight.dtype)
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype, device=weight.device)
+    # skip_init: no random initialisation of weights that are overwritten next (seconds per layer at 7B size)
+    new = torch.nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None,
+                                   dtype=weight.dtype, device=weight.device)
     with torch.no_grad():
         new.weight.copy_(weight)
         if bias is not None:
