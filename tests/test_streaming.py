@@ -145,12 +145,15 @@ def test_interrupted_streamed_prune_leaves_no_checkpoint_and_reruns(tiny_dir, tm
     assert sorted(os.listdir(tmp_path)) == ["dense", "out"]
 
 
-def test_truncated_or_missing_shard_fails_before_any_work(tiny_dir, tmp_path, calibration):
+def test_truncated_damaged_or_missing_shard_fails_before_any_work(tiny_dir, tmp_path, calibration):
     index = json.loads((tmp_path / "dense" / "model.safetensors.index.json").read_text())
     shard = tmp_path / "dense" / sorted(set(index["weight_map"].values()))[-1]
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) - 100])
     with pytest.raises(ValueError, match="truncated"):
+        prune_streamed(tiny_dir, tmp_path / "out", "flap", 0.2, calibration=calibration)
+    shard.write_bytes(len(b"{not json").to_bytes(8, "little") + b"{not json" + data[8:])
+    with pytest.raises(ValueError, match="damaged header"):
         prune_streamed(tiny_dir, tmp_path / "out", "flap", 0.2, calibration=calibration)
     shard.unlink()
     with pytest.raises(FileNotFoundError, match="is missing"):
