@@ -28,7 +28,8 @@ def test_a_composition_no_paper_has_prunes_saves_and_reloads(tiny, calibration, 
     result = prune(pruned, composition, 0.4, calibration=calibration)
     assert result.method == "composed" and result.label == "wifv × cfsp × least_squares"
     assert result.options["score"] == {"name": "wifv"}
-    assert result.options["compensation"] == {"name": "least_squares", "damping": 0.01, "solver_dtype": "float64"}
+    assert result.options["compensation"] == {"name": "least_squares", "damping": 0.01, "solver_dtype": "float64",
+                                              "damping_toward": "zero"}
     assert result.params_after == count_parameters(pruned) < result.params_before
     # CFSP's allocation gives each block its own width; the restoration changed the kept down_proj columns
     widths = [layer.mlp.down_proj.in_features for layer in pruned.model.layers]

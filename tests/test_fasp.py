@@ -34,6 +34,16 @@ def test_restoration_solves_the_normal_equations_and_is_the_least_squares_fit():
     lam = 0.01 * g_ss.diagonal().mean()
     assert torch.allclose(damped @ (g_ss + lam * torch.eye(len(kept), dtype=torch.float64)), w @ gram[:, kept],
                           rtol=1e-10, atol=1e-8)
+    # Damped toward the kept weights: V (G_SS + lambda I) = W G[:, S] + lambda W[:, S], the minimiser of
+    # ||X W^T - X_S V^T||^2 + lambda ||V - W_S||^2; a huge damping leaves the kept weights as they were (no
+    # restoration), while the ridge form shrinks them toward zero.
+    toward_kept = restore_columns(w, gram, kept, damping=0.01, toward="kept")
+    assert torch.allclose(toward_kept @ (g_ss + lam * torch.eye(len(kept), dtype=torch.float64)),
+                          w @ gram[:, kept] + lam * w[:, kept], rtol=1e-10, atol=1e-8)
+    assert torch.allclose(restore_columns(w, gram, kept, damping=1e9, toward="kept"), w[:, kept], atol=1e-6)
+    assert restore_columns(w, gram, kept, damping=1e9).abs().max() < 1e-6
+    with pytest.raises(ValueError, match="unknown damping target"):
+        restore_columns(w, gram, kept, damping=0.01, toward="dense")
     # float32 solve agrees with float64
     assert torch.allclose(restore_columns(w.float(), gram, kept, 0.01, torch.float32).double(), damped, rtol=1e-3,
                           atol=1e-3)

@@ -509,6 +509,24 @@ def saap(scores, budget: Budget, evidence, excluded: int | None = None, max_laye
                                    "excluded": excluded, "max_layer_ratio": max_layer_ratio})
 
 
+def counts(scores, budget: Budget, evidence=None, groups: list[int] | None = None,
+           channels: list[int] | None = None) -> Kept:
+    """Per-layer kept counts given explicitly (an allocation search's result, `search.search_allocation`): layer
+    i keeps its groups[i] highest-scored KV groups and channels[i] highest-scored MLP channels (None: all of
+    that kind). The ratio is not read."""
+    shapes = budget.shapes
+    wanted = {"groups": (groups, [s.kv_groups for s in shapes]), "channels": (channels, [s.channels for s in shapes])}
+    for kind, (given, dense) in wanted.items():
+        if given is not None and (len(given) != len(shapes) or any(not 0 <= k <= n for k, n in zip(given, dense, strict=True))):
+            raise ValueError(f"counts: {kind} must list one kept count per layer ({len(shapes)}), each between 0 "
+                             f"and the layer's {kind} ({dense[:4]}...), got {given}")
+    kept_groups = [keep_highest(s.groups, groups[i] if groups is not None else s.groups.numel())
+                   for i, s in enumerate(scores)]
+    kept_channels = [keep_highest(s.channels, channels[i] if channels is not None else s.channels.numel())
+                     for i, s in enumerate(scores)]
+    return Kept(kept_groups, kept_channels)
+
+
 ALLOCATIONS: dict[str, Allocation] = {rule.name: rule for rule in (
     Allocation("uniform", uniform, summary="floor(r x units) lowest units of each kind removed in every layer",
                layerwise=True),
@@ -537,4 +555,8 @@ ALLOCATIONS: dict[str, Allocation] = {rule.name: rule for rule in (
                 "max_layer_ratio": "largest fraction of a chosen layer's weights removed (default 1.5 r, at most 0.9)",
                 "layer_fusion": "closed | learned: the fusion that ranks layers"},
                summary="SAAP-style: least important, least fluctuating layers, at LLM-Pruner's size"),
+    Allocation("counts", counts, defaults={"groups": None, "channels": None},
+               option_help={"groups": "KV groups kept per layer (a list; None: all)",
+                            "channels": "MLP channels kept per layer (a list; None: all)"},
+               summary="per-layer kept counts given explicitly (an allocation search's result)", layerwise=False),
 )}

@@ -10,7 +10,10 @@ the kept columns, or neither (nothing was removed, or "none").
 - `none`: nothing changes (Wanda-sp, LLM-Pruner, CFSP).
 - `mean_bias`: B_0 = W[:, removed] mean(X[removed]), the removed inputs' mean output (FLAP's baseline bias compensation).
 - `least_squares`: W_S <- W G[:, S] (G[S, S] + lambda I)^-1 with G = X^T X, the kept columns that best
-  reproduce the dense output (FASP's restoration); lambda = damping x mean diag G[S, S].
+  reproduce the dense output (FASP's restoration); lambda = damping x mean diag G[S, S]. The damping pulls
+  the solution toward zero (`damping_toward="zero"`, ridge regression) or toward the kept columns' own
+  weights (`"kept"`: W_S <- (W G[:, S] + lambda W[:, S]) (G[S, S] + lambda I)^-1, so a large damping means
+  no restoration rather than shrunken weights).
 """
 
 from __future__ import annotations
@@ -60,32 +63,45 @@ def mean_bias(weight: torch.Tensor, stats, kept: torch.Tensor) -> Compensation:
 SOLVER_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
+DAMPING_TARGETS = ("zero", "kept")
+
+
 def restore_columns(weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor, damping: float = 0.01,
-                    dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """argmin_V ||W X - V X_S||^2 (+ lambda ||V||^2): V = W G[:, S] (G[S, S] + lambda I)^-1, by Cholesky."""
+                    dtype: torch.dtype = torch.float64, toward: str = "zero") -> torch.Tensor:
+    """argmin_V ||W X - V X_S||^2 + lambda ||V - V_0||^2 with V_0 = 0 (toward "zero") or W[:, S] ("kept"):
+    V = (W G[:, S] + lambda V_0) (G[S, S] + lambda I)^-1, by Cholesky."""
+    if toward not in DAMPING_TARGETS:
+        raise ValueError(f"unknown damping target {toward!r}: choose one of {', '.join(DAMPING_TARGETS)}")
     gram = gram.to(dtype)
     kept = kept.to(gram.device)
     g_ss = gram.index_select(0, kept).index_select(1, kept)
-    g_ss = g_ss + damping * g_ss.diagonal().mean() * torch.eye(len(kept), dtype=dtype, device=gram.device)
-    rhs = weight.detach().to(device=gram.device, dtype=dtype) @ gram.index_select(1, kept)  # [out, |S|]
+    lam = damping * g_ss.diagonal().mean()
+    g_ss = g_ss + lam * torch.eye(len(kept), dtype=dtype, device=gram.device)
+    weight = weight.detach().to(device=gram.device, dtype=dtype)
+    rhs = weight @ gram.index_select(1, kept)  # [out, |S|]
+    if toward == "kept":
+        rhs = rhs + lam * weight.index_select(1, kept)
     factor = torch.linalg.cholesky(g_ss)
     return torch.cholesky_solve(rhs.T, factor).T
 
 
 def least_squares(weight: torch.Tensor, stats, kept: torch.Tensor, damping: float = 0.01,
-                  solver_dtype: str = "float64") -> Compensation:
+                  solver_dtype: str = "float64", damping_toward: str = "zero") -> Compensation:
     if solver_dtype not in SOLVER_DTYPES:
         raise ValueError(f"unknown solver_dtype {solver_dtype!r}: choose one of {', '.join(SOLVER_DTYPES)}")
     if len(kept) == weight.shape[1] or len(kept) == 0:  # nothing removed, or nothing left to restore
         return Compensation()
-    return Compensation(weight=restore_columns(weight, stats.gram, kept, damping, SOLVER_DTYPES[solver_dtype]))
+    return Compensation(weight=restore_columns(weight, stats.gram, kept, damping, SOLVER_DTYPES[solver_dtype],
+                                               damping_toward))
 
 
 COMPENSATIONS: dict[str, CompensationRule] = {rule.name: rule for rule in (
     CompensationRule("none", none, summary="kept weights unchanged"),
     CompensationRule("mean_bias", mean_bias, frozenset({"stats"}), summary="FLAP: removed inputs' mean output folded into a bias"),
-    CompensationRule("least_squares", least_squares, frozenset({"stats", "gram"}), {"damping": 0.01, "solver_dtype": "float64"},
+    CompensationRule("least_squares", least_squares, frozenset({"stats", "gram"}),
+                     {"damping": 0.01, "solver_dtype": "float64", "damping_toward": "zero"},
                      {"damping": "lambda = damping x mean diag G[S, S] (0: plain least squares)",
-                      "solver_dtype": "float64 | float32 Cholesky solve"},
+                      "solver_dtype": "float64 | float32 Cholesky solve",
+                      "damping_toward": "zero (ridge) | kept (toward the kept columns' own weights)"},
                      summary="FASP: kept columns refitted to the dense output by least squares"),
 )}

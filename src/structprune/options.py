@@ -27,13 +27,19 @@ def check_option_values(fn: Callable, options: dict, owner: str) -> None:
         if value is None and type(None) in allowed:
             continue
         kinds = [t for t in allowed if t is not type(None)]
+        lists = [t for t in kinds if typing.get_origin(t) is list]
+        if lists and isinstance(value, list):
+            (item,) = typing.get_args(lists[0])
+            if all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+                continue
+            raise ValueError(f"option {key} of {owner} must be a list of {item.__name__}, got {value!r}")
         ok = any((t is bool and isinstance(value, bool))
                  or (t is int and isinstance(value, int) and not isinstance(value, bool))
                  or (t is float and isinstance(value, int | float) and not isinstance(value, bool))
                  or (t is str and isinstance(value, str)) for t in kinds)
         if not ok:
             names = " or ".join({bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
-                                .get(t, t.__name__) for t in kinds)
+                                .get(t, getattr(t, "__name__", str(t))) for t in kinds)
             raise ValueError(f"option {key} of {owner} must be {names}{' (or null)' if type(None) in allowed else ''}, "
                              f"got {value!r}")
         minimum = OPTION_MINIMUMS.get(key)

@@ -282,7 +282,7 @@ def cut_layer(model, plan: Plan, composition: Composition, index: int, kept_grou
     """Compensate and cut one decoder layer in place, recording the cut in `plan`. kept_channels are final
     (rounded); with value-channel units, kept_groups are ignored and value channels are chosen from
     `column_scores` (or taken from the plan, when it is replayed)."""
-    from .surgery import prune_layer, prune_value_channels
+    from .surgery import prune_layer, prune_value_channels, value_columns
 
     adapter, config = adapter_for(model), model.config
     rule = COMPENSATIONS[composition.compensation]
@@ -299,8 +299,7 @@ def cut_layer(model, plan: Plan, composition: Composition, index: int, kept_grou
         dv = value_head_dim(attn, adapter, groups, config)
         kept_values = plan.kept_values[index] if column_scores is None else kept_value_channels(
             column_scores, groups, n_rep, dv, plan.ratio, composition.round_to)
-        o_columns = torch.tensor(sorted((g * n_rep + r) * dv + c for g in range(groups) for r in range(n_rep)
-                                        for c in kept_values[g]), dtype=torch.long)
+        o_columns = value_columns(kept_values, n_rep, dv)
         width = len(kept_values[0]) if kept_values else dv
         unit_params = config.hidden_size * (1 + n_rep) + (attn.get_submodule(adapter.v).bias is not None)
         plan.value_params_removed += groups * (dv - width) * unit_params

@@ -122,6 +122,13 @@ def prune_layer(model, index: int, kept_groups: list[int], kept_channels: list[i
             mlp.intermediate_size = len(kept_channels)
 
 
+def value_columns(kept_values: list[list[int]], n_rep: int, dv: int) -> torch.Tensor:
+    """The o_proj input columns that value channels `kept_values[g]` of every KV group g keep: (h, c) for each
+    of the group's n_rep query heads h."""
+    return torch.tensor(sorted((g * n_rep + r) * dv + c for g, kept in enumerate(kept_values) for r in range(n_rep)
+                               for c in kept), dtype=torch.long)
+
+
 def prune_value_channels(model, index: int, kept_values: list[list[int]]) -> None:
     """FASP's attention cut: keep, in every KV group g, the value channels kept_values[g] (the same count
     in each group, so every head keeps one value width): v_proj rows (g, c) and the o_proj columns (h, c)
@@ -141,8 +148,7 @@ def prune_value_channels(model, index: int, kept_values: list[list[int]]) -> Non
     if width == dv:
         return
     v_rows = torch.tensor([g * dv + c for g, kept in enumerate(kept_values) for c in kept], dtype=torch.long)
-    o_cols = torch.tensor([(g * n_rep + r) * dv + c for g, kept in enumerate(kept_values) for r in range(n_rep)
-                           for c in kept], dtype=torch.long)
+    o_cols = value_columns(kept_values, n_rep, dv)
     attn.set_submodule(adapter.v, _sliced(attn.get_submodule(adapter.v), rows=v_rows))
     attn.set_submodule(adapter.o, _sliced(attn.get_submodule(adapter.o), cols=o_cols))
     from .pruned_modeling import set_value_head_dim
