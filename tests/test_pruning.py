@@ -228,6 +228,8 @@ def test_sidecar_records_plan_and_config_records_layer_shapes(tiny, calibration,
 
 def _tiny_family(family: str):
     from transformers import (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
         LlamaConfig,
         LlamaForCausalLM,
         MistralConfig,
@@ -245,7 +247,11 @@ def _tiny_family(family: str):
                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
     if family == "qwen3":
         kwargs["head_dim"] = 16
+    if family == "gemma3":  # one sliding-window and one global layer, head_dim set apart from hidden / heads
+        kwargs.update(head_dim=32, sliding_window=8, layer_types=["sliding_attention", "full_attention"],
+                      query_pre_attn_scalar=32)
     config_class, model_class = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+                                 "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM),
                                  "llama3": (LlamaConfig, LlamaForCausalLM),
                                  "mistral": (MistralConfig, MistralForCausalLM)}[family]
     torch.manual_seed(0)
@@ -256,7 +262,7 @@ def _tiny_family(family: str):
     return model
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama3", "mistral"])
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama3", "mistral", "gemma3"])
 def test_other_families_prune_save_and_reload(family, calibration, probe, tmp_path):
     model = _tiny_family(family)
     linear = sum(p.numel() for n, p in model.named_parameters() if "layers" in n and "proj" in n)
@@ -264,6 +270,7 @@ def test_other_families_prune_save_and_reload(family, calibration, probe, tmp_pa
     result = prune(model, "flap", 0.5, calibration=calibration, structure="UL-UM")
     assert result.params_after == count_parameters(model) == result.plan.params_after
     expected = {"qwen2": "StructprunedQwen2ForCausalLM", "qwen3": "StructprunedQwen3ForCausalLM",
+                "gemma3": "StructprunedGemma3ForCausalLM",
                 "llama3": "StructprunedLlamaForCausalLM", "mistral": "StructprunedMistralForCausalLM"}[family]
     assert type(model).__name__ == expected
     save_pruned(model, None, tmp_path / family)
@@ -366,41 +373,47 @@ def test_unaligned_widths_for_a_gpu_are_named_loudly(tiny, calibration):
     assert warn_unaligned_widths(rounded) == []
 
 
+@pytest.mark.parametrize("family", ["qwen3", "gemma3", "llama3"])
 @pytest.mark.parametrize("method", ALL_METHODS)
-def test_every_method_prunes_qwen3_ratio_zero_is_the_identity_and_the_checkpoint_reloads(method, calibration, probe,
-                                                                                         tmp_path):
-    model = _tiny_family("qwen3")
+def test_every_method_prunes_newer_families_ratio_zero_is_the_identity_and_the_checkpoint_reloads(
+        method, family, calibration, probe, tmp_path):
+    model = _tiny_family(family)
     dense = copy.deepcopy(model)
     prune(model, method, 0.0, calibration=calibration)
     assert torch.equal(logits(model, probe), logits(dense, probe))
     prune(dense, method, 0.5, calibration=calibration)
-    save_pruned(dense, None, tmp_path / "qwen3")
-    reloaded, _ = load_pruned(tmp_path / "qwen3")
+    save_pruned(dense, None, tmp_path / family)
+    reloaded, _ = load_pruned(tmp_path / family)
     assert torch.equal(logits(reloaded, probe), logits(dense, probe))
 
 
 @pytest.mark.slow
-def test_a_pruned_qwen3_loads_with_remote_code_alone(calibration, probe, tmp_path):
-    model = _tiny_family("qwen3")
+@pytest.mark.parametrize(("family", "expected"), [("qwen3", "StructprunedQwen3ForCausalLM"),
+                                                  ("gemma3", "StructprunedGemma3ForCausalLM"),
+                                                  ("llama3", "StructprunedLlamaForCausalLM")])
+def test_a_pruned_newer_family_loads_with_remote_code_alone(family, expected, calibration, probe, tmp_path):
+    model = _tiny_family(family)
     prune(model, "fasp", 0.4, calibration=calibration)  # narrow values: the remote code's own attention
-    save_pruned(model, None, tmp_path / "qwen3")
+    save_pruned(model, None, tmp_path / family)
     from safetensors.torch import load_file, save_file
 
     save_file({"ids": probe}, tmp_path / "probe.safetensors")
     code = (f"from safetensors.torch import load_file, save_file; from transformers import AutoModelForCausalLM; "
-            f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'qwen3')!r}, trust_remote_code=True); "
+            f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / family)!r}, trust_remote_code=True); "
             f"ids = load_file({str(tmp_path / 'probe.safetensors')!r})['ids']; "
             f"save_file({{'logits': m(ids, use_cache=False).logits.detach()}}, {str(tmp_path / 'out.safetensors')!r}); "
             f"print(type(m).__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
-    assert out.stdout.strip() == "StructprunedQwen3ForCausalLM", out.stderr[-800:]
+    assert out.stdout.strip() == expected, out.stderr[-800:]
     assert torch.equal(load_file(tmp_path / "out.safetensors")["logits"], logits(model, probe))
 
 
-def test_qwen3_narrow_values_apply_the_query_and_key_norms(calibration, probe):
-    """FASP's value-width attention on Qwen3 equals the dense model with the removed value units zeroed."""
-    model = _tiny_family("qwen3")
+@pytest.mark.parametrize(("family", "head_dim"), [("qwen3", 16), ("gemma3", 32)])
+def test_narrow_values_apply_the_query_and_key_norms(family, head_dim, calibration, probe):
+    """FASP's value-width attention on Qwen3 and Gemma 3 (sliding-window and global layers, its own attention
+    scaling) equals the dense model with the removed value units zeroed."""
+    model = _tiny_family(family)
     pruned = copy.deepcopy(model)
     plan = prune(pruned, "fasp", 0.4, calibration=calibration, restore=False).plan
-    masked = zero_removed_units(model, plan, head_dim=16, n_rep=2, channels=96)
+    masked = zero_removed_units(model, plan, head_dim=head_dim, n_rep=2, channels=96)
     assert torch.allclose(logits(pruned, probe), logits(masked, probe), atol=1e-5, rtol=0)

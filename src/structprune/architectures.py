@@ -43,6 +43,9 @@ LLAMA_FAMILY = Adapter(family="llama")
 OPT_FAMILY = Adapter(family="opt", layers="model.decoder.layers", o="out_proj", mlp="", gate=None, up="fc1",
                      down="fc2")
 QWEN3_FAMILY = Adapter(family="qwen3", q_norm="q_norm", k_norm="k_norm")
+# Gemma 3 (text): Qwen3's per-head q/k norms, GeGLU under the LLaMA names, four norms per layer over the hidden size
+# (untouched by head and channel cuts), sliding-window and global layers, scaled embeddings, head_dim in the config.
+GEMMA3_FAMILY = Adapter(family="gemma3_text", q_norm="q_norm", k_norm="k_norm")
 # model_type -> adapter. Qwen2 differs only by its q/k/v biases, which the unit slicing carries along; Llama 3's
 # rope scaling lives in the config, which pruned configs keep.
 REGISTRY: dict[str, Adapter] = {
@@ -50,6 +53,7 @@ REGISTRY: dict[str, Adapter] = {
     "mistral": LLAMA_FAMILY,
     "qwen2": LLAMA_FAMILY,
     "qwen3": QWEN3_FAMILY,
+    "gemma3_text": GEMMA3_FAMILY,
     "opt": OPT_FAMILY,
 }
 
@@ -64,7 +68,7 @@ def adapter_for(model) -> Adapter:
     if model_type not in REGISTRY:
         raise NotImplementedError(
             f"architecture {model_type!r} is not supported: supported model types are "
-            f"{', '.join(sorted(REGISTRY))} (LLaMA 1/2/3, Vicuna, Mistral, Qwen2, Qwen3, SmolLM; OPT)"
+            f"{', '.join(sorted(REGISTRY))} (LLaMA 1/2/3, Vicuna, Mistral, Qwen2, Qwen3, Gemma 3, SmolLM; OPT)"
         )
     return REGISTRY[model_type]
 

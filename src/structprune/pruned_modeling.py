@@ -20,6 +20,8 @@ from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
@@ -211,6 +213,13 @@ class StructprunedQwen3Config(Qwen3Config):
     base_model_type: str = "qwen3"
 
 
+class StructprunedGemma3TextConfig(Gemma3TextConfig):
+    model_type = "structpruned_gemma3_text"
+    layer_shapes: list | None = None
+    layout: dict | None = None
+    base_model_type: str = "gemma3_text"
+
+
 class StructprunedOPTConfig(OPTConfig):
     model_type = "structpruned_opt"
     layer_shapes: list | None = None
@@ -234,6 +243,10 @@ class StructprunedQwen3ForCausalLM(StructprunedMixin, Qwen3ForCausalLM):
     config_class = StructprunedQwen3Config
 
 
+class StructprunedGemma3ForCausalLM(StructprunedMixin, Gemma3ForCausalLM):
+    config_class = StructprunedGemma3TextConfig
+
+
 class StructprunedOPTForCausalLM(StructprunedMixin, OPTForCausalLM):
     config_class = StructprunedOPTConfig
 
@@ -244,6 +257,7 @@ PRUNED_CLASSES = {
     "mistral": (StructprunedMistralConfig, StructprunedMistralForCausalLM),
     "qwen2": (StructprunedQwen2Config, StructprunedQwen2ForCausalLM),
     "qwen3": (StructprunedQwen3Config, StructprunedQwen3ForCausalLM),
+    "gemma3_text": (StructprunedGemma3TextConfig, StructprunedGemma3ForCausalLM),
     "opt": (StructprunedOPTConfig, StructprunedOPTForCausalLM),
 }
 
@@ -258,4 +272,4 @@ __all__ = ["EmptyAttention", "LAYOUT_KEYS", "PRUNED_CLASSES", "layout_of", "Valu
            "StructprunedLlamaConfig", "StructprunedOPTConfig", "StructprunedOPTForCausalLM",
            "StructprunedLlamaForCausalLM", "StructprunedMistralConfig", "StructprunedMistralForCausalLM",
            "StructprunedQwen2Config", "StructprunedQwen2ForCausalLM", "StructprunedQwen3Config",
-           "StructprunedQwen3ForCausalLM"]
+           "StructprunedQwen3ForCausalLM", "StructprunedGemma3TextConfig", "StructprunedGemma3ForCausalLM"]
