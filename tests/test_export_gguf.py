@@ -181,3 +181,13 @@ def test_cli_exports_a_saved_pruned_checkpoint_with_the_same_distribution(tiny_s
     reloaded, _ = load_pruned(tmp_path / "ckpt")
     result = parity(reloaded, tmp_path / "ckpt.gguf", prompts(2, 30, tokenizer.vocab_size))
     assert result["max_logprob_difference"] < LOGPROB_TOLERANCE
+
+
+def test_query_head_cuts_export_with_their_per_layer_head_counts(tiny_smollm2, tmp_path):
+    """Query heads removed inside KV groups: llama.cpp's per-layer head counts hold them exactly."""
+    model, tokenizer = copy.deepcopy(tiny_smollm2[0]), tiny_smollm2[1]
+    calibration = random_calibration(tokenizer.vocab_size, 8, 32, seed=1)
+    prune(model, compose(score="wifv", allocation="flap", compensation="mean_bias", attention_unit="query_head"), 0.5,
+          calibration=calibration)
+    summary, _ = check_parity(model, tokenizer, tmp_path / "heads.gguf")
+    assert [(w["heads"], w["kv_heads"]) for w in summary["layers"]] == [(2, 2)] * model.config.num_hidden_layers

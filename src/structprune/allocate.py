@@ -54,7 +54,9 @@ class Plan:
     # FASP: per layer, per KV group, the value channels kept (None: all), and the parameters those cuts
     # removed (v_proj rows and o_proj columns; units outside whole groups and channels).
     kept_values: list[list[list[int]] | None] | None = None
-    value_params_removed: int = 0
+    value_params_removed: int = 0  # also the parameters that query-head cuts removed
+    # Query-head units: per layer, per KV group, the query heads kept (indices within the group; None: all).
+    kept_heads: list[list[list[int]] | None] | None = None
     # The parts that made the plan (score, allocation, compensation and their options, attention unit,
     # sequential): a compensation that changes kept weights (least squares) is re-run from them by
     # `apply_plan`, deterministically, on the plan's calibration tokens.

@@ -90,8 +90,14 @@ def head_dim(config) -> int:
 
 
 def queries_per_group(config) -> int:
-    """n_rep: query heads per KV head (1 with multi-head attention); unchanged by pruning."""
+    """n_rep of the dense model: query heads per KV head (1 with multi-head attention)."""
     return config.num_attention_heads // (getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+
+
+def layer_queries_per_group(attention: nn.Module, adapter: Adapter, kv_groups: int, config) -> int:
+    """Query heads per KV head in this layer: fewer than the config's after query-head pruning."""
+    q = getattr(attention, adapter.q, None)
+    return q.out_features // (head_dim(config) * kv_groups) if q is not None and kv_groups else queries_per_group(config)
 
 
 def value_head_dim(attention: nn.Module, adapter: Adapter, kv_groups: int, config) -> int:
@@ -118,9 +124,10 @@ def layer_shape(model, index: int) -> LayerShape:
     adapter, config = adapter_for(model), model.config
     layer = decoder_layers(model)[index]
     attn, mlp = attention_of(layer, adapter), mlp_of(layer, adapter)
-    d, n_rep, h = head_dim(config), queries_per_group(config), config.hidden_size
+    d, h = head_dim(config), config.hidden_size
     k = getattr(attn, adapter.k, None)
     kv_groups = 0 if k is None else k.out_features // d
+    n_rep = layer_queries_per_group(attn, adapter, kv_groups, config)
     dv = value_head_dim(attn, adapter, kv_groups, config)
     # q, k, v rows and o_proj columns of the group's n_rep query heads, plus any q/k/v bias entries.
     group_params = (n_rep * d + d + dv) * h + h * n_rep * dv

@@ -64,8 +64,8 @@ from .stats import (
     statistics_key,
 )
 
-ATTENTION_UNITS = ("kv_group", "value_channel")
-# Scores that give o_proj column scores, which value-channel units regroup.
+ATTENTION_UNITS = ("kv_group", "value_channel", "query_head")
+# Scores that give o_proj column scores, which value-channel and query-head units regroup.
 COLUMN_SCORES = ("magnitude", "wanda", "ifv", "wifv", "activation", "activation_relative")
 DATA_EVIDENCE = frozenset({"stats", "gram", "gradients", "fisher", "batch_taylor", "block_importance"})
 GRADIENT_EVIDENCE = frozenset({"gradients", "fisher", "batch_taylor"})
@@ -85,7 +85,8 @@ class Composition:
     allocation_options: dict = field(default_factory=dict)
     compensation_options: dict = field(default_factory=dict)
     attention: bool = True  # False: FFN channels only, every KV group stays
-    attention_unit: str = "kv_group"  # or "value_channel": FASP's value channels inside every KV group
+    attention_unit: str = "kv_group"  # "value_channel": FASP's value channels inside every KV group;
+    # "query_head": query heads inside every KV group (the same number from each group of a layer)
     sequential: bool = False  # each layer calibrates on the already pruned layers before it
     round_to: int = 1  # kept MLP channel counts (and value widths) a multiple of k
     batch_size: int = 8  # calibration batch of the statistics pass
@@ -113,7 +114,8 @@ class Composition:
     def label(self) -> str:
         parts = f"{self.score} × {self.allocation} × {self.compensation}"
         marks = [m for m, on in (("FFN", not self.attention), ("sequential", self.sequential),
-                                 ("value channels", self.attention_unit == "value_channel")) if on]
+                                 ("value channels", self.attention_unit == "value_channel"),
+                                 ("query heads", self.attention_unit == "query_head")) if on]
         return f"{parts} ({', '.join(marks)})" if marks else parts
 
     def check(self) -> Composition:
@@ -144,8 +146,9 @@ class Composition:
         if self.sequential and self.needs() & GRADIENT_EVIDENCE:
             raise ValueError(f"score {self.score!r} / allocation {self.allocation!r} need LM-loss gradients, which are "
                              "taken once on the dense model: use sequential=False")
-        if self.attention_unit == "value_channel" and self.attention and self.score not in COLUMN_SCORES:
-            raise ValueError(f"value-channel units regroup o_proj column scores; score {self.score!r} has none: "
+        if self.attention_unit != "kv_group" and self.attention and self.score not in COLUMN_SCORES:
+            raise ValueError(f"{self.attention_unit.replace('_', '-')} units regroup o_proj column scores; score "
+                             f"{self.score!r} has none: "
                              f"choose one of {', '.join(COLUMN_SCORES)}, or attention_unit='kv_group'")
         block_metric = self.allocation_options.get("block_metric", "angular")
         if block_metric not in BLOCK_METRICS:
@@ -277,22 +280,50 @@ def kept_value_channels(column_scores: torch.Tensor, groups: int, n_rep: int, dv
     return [keep_highest(unit_scores[g], value_width(dv, ratio, round_to)) for g in range(groups)]
 
 
+def query_heads_kept(n_rep: int, ratio: float) -> int:
+    """Query heads every KV group keeps under query-head units: n_rep - floor(r n_rep), at least one."""
+    return max(n_rep - math.floor(ratio * n_rep), 1)
+
+
+def kept_query_heads(column_scores: torch.Tensor, groups: int, n_rep: int, dv: int, ratio: float) -> list[list[int]]:
+    """Query-head units: in every KV group the query_heads_kept(n_rep, r) heads whose o_proj columns score highest
+    in sum (the same count in every group, so the layer keeps a whole queries-per-group ratio)."""
+    head_scores = column_scores.view(groups, n_rep, dv).sum(-1)
+    return [keep_highest(head_scores[g], query_heads_kept(n_rep, ratio)) for g in range(groups)]
+
+
+def query_head_params(hidden: int, head_dim: int, value_dim: int, q_bias: bool) -> int:
+    """Parameters of one query head: its q_proj rows (and bias entries) and its o_proj columns."""
+    return hidden * head_dim + head_dim * q_bias + hidden * value_dim
+
+
 def cut_layer(model, plan: Plan, composition: Composition, index: int, kept_groups: list[int],
               kept_channels: list[int], stats: dict[str, ChannelStats] | None, column_scores=None) -> None:
     """Compensate and cut one decoder layer in place, recording the cut in `plan`. kept_channels are final
     (rounded); with value-channel units, kept_groups are ignored and value channels are chosen from
     `column_scores` (or taken from the plan, when it is replayed)."""
-    from .surgery import prune_layer, prune_value_channels, value_columns
+    from .surgery import head_columns, prune_layer, prune_query_heads, prune_value_channels, value_columns
 
     adapter, config = adapter_for(model), model.config
     rule = COMPENSATIONS[composition.compensation]
     o_name, down_name = output_linears(model)
     o, down = o_proj(model, index), down_proj(model, index)
     value_units = composition.attention_unit == "value_channel"
-    if value_units or not composition.attention:
+    if composition.attention_unit != "kv_group" or not composition.attention:
         kept_groups = list(range(plan.dense_groups[index]))
-    kept_values = None
-    if value_units and composition.attention:
+    kept_values = kept_heads = None
+    if composition.attention_unit == "query_head" and composition.attention:
+        attn = attention_of(decoder_layers(model)[index], adapter)
+        d, n_rep = head_dim(config), queries_per_group(config)
+        groups = attn.get_submodule(adapter.k).out_features // d
+        dv = value_head_dim(attn, adapter, groups, config)
+        kept_heads = plan.kept_heads[index] if column_scores is None else kept_query_heads(
+            column_scores, groups, n_rep, dv, plan.ratio)
+        o_columns = head_columns(kept_heads, n_rep, dv)
+        q_bias = attn.get_submodule(adapter.q).bias is not None
+        plan.value_params_removed += groups * (n_rep - len(kept_heads[0])) * query_head_params(config.hidden_size, d,
+                                                                                                 dv, q_bias)
+    elif value_units and composition.attention:
         attn = attention_of(decoder_layers(model)[index], adapter)
         d, n_rep = head_dim(config), queries_per_group(config)
         groups = attn.get_submodule(adapter.k).out_features // d
@@ -315,13 +346,17 @@ def cut_layer(model, plan: Plan, composition: Composition, index: int, kept_grou
                                       + (down_comp.bias is not None and down.bias is None))
     plan.kept_groups[index], plan.kept_channels[index] = kept_groups, kept_channels
     plan.o_bias[index], plan.down_bias[index] = o_comp.bias, down_comp.bias
-    if kept_values is not None:
-        plan.kept_values[index] = kept_values
-        prune_value_channels(model, index, kept_values)
+    if kept_values is not None or kept_heads is not None:
+        if kept_values is not None:
+            plan.kept_values[index] = kept_values
+            prune_value_channels(model, index, kept_values)
+        else:
+            plan.kept_heads[index] = kept_heads
+            prune_query_heads(model, index, kept_heads)
         if o_comp.weight is not None:
             _set_weight(o_proj(model, index), o_comp.weight)
     prune_layer(model, index, kept_groups, kept_channels, o_comp.bias, down_comp.bias)
-    if o_comp.weight is not None and kept_values is None:
+    if o_comp.weight is not None and kept_values is None and kept_heads is None:
         _set_weight(o_proj(model, index), o_comp.weight)
     if down_comp.weight is not None:
         _set_weight(down_proj(model, index), down_comp.weight)
@@ -360,6 +395,14 @@ def removed_params(model, kept, layer_scores: list, composition: Composition, ra
             unit = config.hidden_size * (1 + queries_per_group(config)) + (attn.get_submodule(adapter.v).bias is not None)
             removed += shape.kv_groups * (dv - width) * unit
             attention_cut = attention_cut or width < dv
+        if composition.attention and composition.attention_unit == "query_head" and shape.kv_groups:
+            attn = attention_of(decoder_layers(model)[index], adapter)
+            n_rep = queries_per_group(config)
+            heads = n_rep - query_heads_kept(n_rep, ratio)
+            removed += shape.kv_groups * heads * query_head_params(
+                config.hidden_size, head_dim(config), value_head_dim(attn, adapter, shape.kv_groups, config),
+                attn.get_submodule(adapter.q).bias is not None)
+            attention_cut = attention_cut or heads > 0
         if adds_bias:
             removed -= config.hidden_size * ((attention_cut and o_proj(model, index).bias is None)
                                              + (len(channels) < shape.channels and down_proj(model, index).bias is None))
@@ -437,6 +480,8 @@ def run(model, ratio: float | None, calibration: torch.Tensor | None, compositio
     plan.parts = composition.describe()
     if composition.attention_unit == "value_channel":
         plan.kept_values = [None] * len(shapes)
+    if composition.attention_unit == "query_head":
+        plan.kept_heads = [None] * len(shapes)
     evidence = Evidence(tokens=calibration.numel() if calibration is not None else 0, shapes=shapes)
     # The layers the allocation may cut (LLM-Pruner's range); the others are neither scored nor cut.
     active = (allocation.layers(len(shapes), composition.allocation_options) if allocation.layers

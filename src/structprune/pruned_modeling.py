@@ -157,6 +157,8 @@ def reshape_layer(layer: nn.Module, shape: dict, config, layout: dict) -> None:
             linear = getattr(attn, name)
             setattr(attn, name, _resized(linear, hidden, rows, linear.bias is not None))
         setattr(attn, o, _resized(getattr(attn, o), heads * value_dim, hidden, shape["o_proj_bias"]))
+        if hasattr(attn, "num_key_value_groups") and kv_heads:  # query heads pruned inside KV groups
+            attn.num_key_value_groups = heads // kv_heads
         set_value_head_dim(attn, value_dim, head_dim, layout)
     width = shape["intermediate_size"]
     for name in filter(None, (gate, up)):

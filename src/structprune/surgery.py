@@ -29,6 +29,7 @@ from .architectures import (
     attention_of,
     decoder_layers,
     head_dim,
+    layer_queries_per_group,
     mlp_of,
     model_type_of,
     queries_per_group,
@@ -85,11 +86,12 @@ def prune_layer(model, index: int, kept_groups: list[int], kept_channels: list[i
     biases (vectors of hidden size) to o_proj / down_proj."""
     adapter, config = adapter_for(model), model.config
     layer = decoder_layers(model)[index]
-    d, n_rep = head_dim(config), queries_per_group(config)
+    d = head_dim(config)
     attn, mlp = attention_of(layer, adapter), mlp_of(layer, adapter)
     o = attn.get_submodule(adapter.o)
     k = getattr(attn, adapter.k, None)
     groups = 0 if k is None else k.out_features // d
+    n_rep = layer_queries_per_group(attn, adapter, groups, config)
     dv = value_head_dim(attn, adapter, groups, config)
     if sorted(kept_groups) != list(kept_groups) or any(not 0 <= g < groups for g in kept_groups):
         raise ValueError(f"layer {index}: kept KV groups must be sorted indices in [0, {groups}), got {kept_groups}")
@@ -154,6 +156,36 @@ def prune_value_channels(model, index: int, kept_values: list[list[int]]) -> Non
     from .pruned_modeling import set_value_head_dim
 
     set_value_head_dim(attn, width, d, layout_dict(adapter))
+
+
+def prune_query_heads(model, index: int, kept_heads: list[list[int]]) -> None:
+    """Query-head units inside KV groups: keep, in every KV group g, the query heads kept_heads[g] (indices
+    within the group, the same count in every group, so the layer keeps a whole queries-per-group ratio): their
+    q_proj rows and o_proj columns. The KV heads stay; each serves its group's remaining query heads."""
+    adapter, config = adapter_for(model), model.config
+    attn = attention_of(decoder_layers(model)[index], adapter)
+    d = head_dim(config)
+    groups = attn.get_submodule(adapter.k).out_features // d
+    n_rep = layer_queries_per_group(attn, adapter, groups, config)
+    dv = value_head_dim(attn, adapter, groups, config)
+    widths = {len(h) for h in kept_heads}
+    if len(kept_heads) != groups or len(widths) != 1 or 0 in widths or any(
+            sorted(h) != list(h) or any(not 0 <= i < n_rep for i in h) for h in kept_heads):
+        raise ValueError(f"layer {index}: kept query heads must be {groups} non-empty sorted lists of equal length "
+                         f"with indices in [0, {n_rep})")
+    (width,) = widths
+    if width == n_rep:
+        return
+    heads = [g * n_rep + r for g, kept in enumerate(kept_heads) for r in kept]
+    attn.set_submodule(adapter.q, _sliced(attn.get_submodule(adapter.q), rows=_unit_rows(heads, d)))
+    attn.set_submodule(adapter.o, _sliced(attn.get_submodule(adapter.o), cols=_unit_rows(heads, dv)))
+    if hasattr(attn, "num_key_value_groups"):  # the stock attention's repeat of each KV head
+        attn.num_key_value_groups = width
+
+
+def head_columns(kept_heads: list[list[int]], n_rep: int, dv: int) -> torch.Tensor:
+    """The o_proj input columns of the query heads `kept_heads[g]` kept in every KV group g."""
+    return _unit_rows([g * n_rep + r for g, kept in enumerate(kept_heads) for r in kept], dv)
 
 
 def layer_shapes_of(model) -> list[dict]:
@@ -228,6 +260,10 @@ def apply_plan(model, plan: Plan, calibration: torch.Tensor | None = None):
     if len(plan.kept_groups) != len(layers):
         raise ValueError(f"the plan has {len(plan.kept_groups)} layers, the model {len(layers)}")
     for index in range(len(layers)):
+        if plan.kept_values and plan.kept_values[index] is not None:  # value-channel units
+            prune_value_channels(model, index, plan.kept_values[index])
+        if plan.kept_heads and plan.kept_heads[index] is not None:  # query-head units
+            prune_query_heads(model, index, plan.kept_heads[index])
         prune_layer(model, index, plan.kept_groups[index], plan.kept_channels[index],
                     plan.o_bias[index], plan.down_bias[index])
     return finalize_pruned(model)
