@@ -131,6 +131,16 @@ def value_columns(kept_values: list[list[int]], n_rep: int, dv: int) -> torch.Te
                                for c in kept), dtype=torch.long)
 
 
+def _per_group_width(kept: list[list[int]], groups: int, limit: int, what: str) -> int:
+    """The common count of a per-KV-group choice (value channels, query heads), after checking it: one sorted
+    list per group, all of one length, indices in [0, limit)."""
+    widths = {len(c) for c in kept}
+    if len(kept) != groups or len(widths) != 1 or any(
+            sorted(c) != list(c) or any(not 0 <= i < limit for i in c) for c in kept):
+        raise ValueError(f"{what} must be {groups} sorted lists of equal length with indices in [0, {limit})")
+    return widths.pop()
+
+
 def prune_value_channels(model, index: int, kept_values: list[list[int]]) -> None:
     """FASP's attention cut: keep, in every KV group g, the value channels kept_values[g] (the same count
     in each group, so every head keeps one value width): v_proj rows (g, c) and the o_proj columns (h, c)
@@ -141,12 +151,7 @@ def prune_value_channels(model, index: int, kept_values: list[list[int]]) -> Non
     n_rep, d = queries_per_group(config), head_dim(config)
     groups = attn.get_submodule(adapter.k).out_features // d
     dv = value_head_dim(attn, adapter, groups, config)
-    widths = {len(c) for c in kept_values}
-    if len(kept_values) != groups or len(widths) != 1 or any(
-            sorted(c) != list(c) or any(not 0 <= i < dv for i in c) for c in kept_values):
-        raise ValueError(f"layer {index}: kept value channels must be {groups} sorted lists of equal length "
-                         f"with indices in [0, {dv})")
-    (width,) = widths
+    width = _per_group_width(kept_values, groups, dv, f"layer {index}: kept value channels")
     if width == dv:
         return
     v_rows = torch.tensor([g * dv + c for g, kept in enumerate(kept_values) for c in kept], dtype=torch.long)
@@ -168,12 +173,9 @@ def prune_query_heads(model, index: int, kept_heads: list[list[int]]) -> None:
     groups = attn.get_submodule(adapter.k).out_features // d
     n_rep = layer_queries_per_group(attn, adapter, groups, config)
     dv = value_head_dim(attn, adapter, groups, config)
-    widths = {len(h) for h in kept_heads}
-    if len(kept_heads) != groups or len(widths) != 1 or 0 in widths or any(
-            sorted(h) != list(h) or any(not 0 <= i < n_rep for i in h) for h in kept_heads):
-        raise ValueError(f"layer {index}: kept query heads must be {groups} non-empty sorted lists of equal length "
-                         f"with indices in [0, {n_rep})")
-    (width,) = widths
+    width = _per_group_width(kept_heads, groups, n_rep, f"layer {index}: kept query heads")
+    if width == 0:
+        raise ValueError(f"layer {index}: every KV group must keep at least one query head")
     if width == n_rep:
         return
     heads = [g * n_rep + r for g, kept in enumerate(kept_heads) for r in kept]
