@@ -46,14 +46,19 @@ def _case(name: str, nsamples: int, seqlen: int, repeats: int, queue) -> None:
                "threads": torch.get_num_threads()})
 
 
-def run_case(name: str, nsamples: int, seqlen: int, repeats: int) -> dict:
+def run_in_fresh_process(case, *args) -> dict:
+    """case(*args, queue) in a spawned process (so its peak memory is its own); what it put on the queue."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    process = ctx.Process(target=_case, args=(name, nsamples, seqlen, repeats, queue))
+    process = ctx.Process(target=case, args=(*args, queue))
     process.start()
     result = queue.get()
     process.join()
     return result
+
+
+def run_case(name: str, nsamples: int, seqlen: int, repeats: int) -> dict:
+    return run_in_fresh_process(_case, name, nsamples, seqlen, repeats)
 
 
 def main() -> None:

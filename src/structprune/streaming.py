@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -375,8 +376,6 @@ def streamed_perplexity_of_ids(stream: LayerStream, ids: torch.Tensor, seqlen: i
     element = model.get_input_embeddings().weight.element_size()
     per_group = max(batch_size, (max_activation_bytes // (seqlen * hidden * element)) // batch_size * batch_size)
     window_nll, total_nll, total_tokens = [], 0.0, 0
-    import time
-
     start = time.perf_counter()
     for first in range(0, windows, per_group):
         group = chunks[first:first + per_group]
