@@ -276,6 +276,9 @@ def test_other_families_prune_save_and_reload(family, calibration, probe, tmp_pa
     save_pruned(model, None, tmp_path / family)
     reloaded, _ = load_pruned(tmp_path / family)
     assert torch.equal(logits(reloaded, probe), logits(model, probe))
+    # transformers' per-layer schema holds FLAP's compensation biases only where the config can switch both on
+    native = json.loads((tmp_path / family / "config.json").read_text()).get("per_layer_config")
+    assert (native is not None) == (family == "llama3")
 
 
 def test_gram_and_block_hooks(tiny, calibration):

@@ -32,6 +32,12 @@ class Adapter:
     # heads leaves them as they are; narrower value heads must still apply them.
     q_norm: str | None = None
     k_norm: str | None = None
+    # The config's names for the widths and bias switches that transformers' own per-layer schema
+    # (`per_layer_config`) can override layer by layer; None where the family has no such attribute.
+    width_attribute: str = "intermediate_size"
+    kv_heads_attribute: str | None = "num_key_value_heads"
+    o_bias_switch: str | None = "attention_bias"
+    down_bias_switch: str | None = "mlp_bias"
 
     def path(self, *names: str) -> str:
         """A module path inside a decoder layer (empty parts skipped)."""
@@ -41,7 +47,8 @@ class Adapter:
 LLAMA_FAMILY = Adapter(family="llama")
 # OPT: fc1 -> ReLU -> fc2 on the layer itself, out_proj, biases everywhere (FASP's OPT experiments).
 OPT_FAMILY = Adapter(family="opt", layers="model.decoder.layers", o="out_proj", mlp="", gate=None, up="fc1",
-                     down="fc2")
+                     down="fc2", width_attribute="ffn_dim", kv_heads_attribute=None, o_bias_switch="enable_bias",
+                     down_bias_switch="enable_bias")
 QWEN3_FAMILY = Adapter(family="qwen3", q_norm="q_norm", k_norm="k_norm")
 # Gemma 3 (text): Qwen3's per-head q/k norms, GeGLU under the LLaMA names, four norms per layer over the hidden size
 # (untouched by head and channel cuts), sliding-window and global layers, scaled embeddings, head_dim in the config.

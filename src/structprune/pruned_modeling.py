@@ -196,42 +196,61 @@ class StructprunedMixin:
             reshape_layer(layer, shape, self.config, layout)
 
 
-class StructprunedLlamaConfig(LlamaConfig):
+class NativeSchemaMixin:
+    """Carries transformers' own per-layer schema (`per_layer_config`, see `surgery.native_per_layer_config`) as
+    data beside `layer_shapes`. These classes build their layers from `layer_shapes`, which also holds what that
+    schema cannot (narrower value heads); were the key applied here, transformers would turn the config
+    heterogeneous and refuse the global widths the stock modeling code reads while it builds the dense layers."""
+
+    def __post_init__(self, **kwargs):
+        self.native_per_layer_config = kwargs.pop("per_layer_config", None)
+        super().__post_init__(**kwargs)
+
+    def _update_heterogeneous_to_dict_output(self, d: dict) -> None:
+        super()._update_heterogeneous_to_dict_output(d)
+        native = d.pop("native_per_layer_config", None)
+        if native is not None:  # keys zero-padded, as transformers writes them, so that JSON sorts them numerically
+            width = len(str(max(map(int, native), default=0)))
+            d["per_layer_config"] = {str(index).zfill(width): native[index]
+                                     for index in sorted(native, key=int)}
+
+
+class StructprunedLlamaConfig(NativeSchemaMixin, LlamaConfig):
     model_type = "structpruned_llama"
     layer_shapes: list | None = None
     layout: dict | None = None
     base_model_type: str = "llama"
 
 
-class StructprunedMistralConfig(MistralConfig):
+class StructprunedMistralConfig(NativeSchemaMixin, MistralConfig):
     model_type = "structpruned_mistral"
     layer_shapes: list | None = None
     layout: dict | None = None
     base_model_type: str = "mistral"
 
 
-class StructprunedQwen2Config(Qwen2Config):
+class StructprunedQwen2Config(NativeSchemaMixin, Qwen2Config):
     model_type = "structpruned_qwen2"
     layer_shapes: list | None = None
     layout: dict | None = None
     base_model_type: str = "qwen2"
 
 
-class StructprunedQwen3Config(Qwen3Config):
+class StructprunedQwen3Config(NativeSchemaMixin, Qwen3Config):
     model_type = "structpruned_qwen3"
     layer_shapes: list | None = None
     layout: dict | None = None
     base_model_type: str = "qwen3"
 
 
-class StructprunedGemma3TextConfig(Gemma3TextConfig):
+class StructprunedGemma3TextConfig(NativeSchemaMixin, Gemma3TextConfig):
     model_type = "structpruned_gemma3_text"
     layer_shapes: list | None = None
     layout: dict | None = None
     base_model_type: str = "gemma3_text"
 
 
-class StructprunedOPTConfig(OPTConfig):
+class StructprunedOPTConfig(NativeSchemaMixin, OPTConfig):
     model_type = "structpruned_opt"
     layer_shapes: list | None = None
     layout: dict | None = None

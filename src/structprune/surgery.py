@@ -9,7 +9,8 @@ logits.
 
 Checkpoint format (a save_pretrained-style directory, written to a temporary sibling and renamed into
 place, so it is never half-written): model.safetensors, config.json (model_type `structpruned_<family>`,
-`layer_shapes`, `auto_map`), modeling_structpruned.py, tokenizer files, and pruning.json (provenance).
+`layer_shapes`, `auto_map`, and transformers' own `per_layer_config` where that schema can hold the shapes),
+modeling_structpruned.py, tokenizer files, and pruning.json (provenance).
 """
 
 from __future__ import annotations
@@ -213,6 +214,62 @@ def layer_shapes_of(model) -> list[dict]:
     return shapes
 
 
+def native_per_layer_config(model, shapes: list[dict]) -> dict[int, dict] | None:
+    """The pruned widths in transformers' own per-layer schema (`per_layer_config`, transformers 5.15 and later:
+    sparse per-layer overrides of config attributes, and `skip` for a sub-layer that is absent), so that a
+    checkpoint becomes native once the family's stock modeling builds layers from it. None where the schema
+    cannot hold the shapes: narrower value heads (one head_dim serves q, k and v), an empty sub-layer that
+    keeps a bias (`skip` drops the whole sub-layer), an MLP on the decoder layer itself with no channel left
+    (nothing to name in `skip`), or a bias the family's config cannot switch on."""
+    adapter, config = adapter_for(model), model.config
+    d = head_dim(config)
+
+    def bias_override(switch: str | None) -> dict | None:
+        native = getattr(config, switch, None) if switch else None
+        if native is None:
+            return None  # the family's config has no switch for this bias
+        return {} if native else {switch: True}
+
+    per_layer: dict[int, dict] = {}
+    for index, shape in enumerate(shapes):
+        heads, channels = shape["num_attention_heads"], shape["intermediate_size"]
+        overrides: dict = {}
+        skip = []
+        if heads == 0:
+            if shape["o_proj_bias"]:
+                return None
+            skip.append(adapter.attention)
+        else:
+            if shape["value_head_dim"] != d:
+                return None
+            overrides["num_attention_heads"] = heads
+            if adapter.kv_heads_attribute:
+                overrides[adapter.kv_heads_attribute] = shape["num_key_value_heads"]
+            if shape["o_proj_bias"]:
+                switch = bias_override(adapter.o_bias_switch)
+                if switch is None:
+                    return None
+                overrides.update(switch)
+        if channels == 0:
+            if shape["down_proj_bias"] or not adapter.mlp:
+                return None
+            skip.append(adapter.mlp)
+        else:
+            overrides[adapter.width_attribute] = channels
+            if shape["down_proj_bias"]:
+                switch = bias_override(adapter.down_bias_switch)
+                if switch is None:
+                    return None
+                overrides.update(switch)
+        # only what differs from the global config, as transformers itself stores it
+        overrides = {k: v for k, v in overrides.items() if getattr(config, k, None) != v}
+        if skip:
+            overrides["skip"] = skip
+        if overrides:
+            per_layer[index] = overrides
+    return per_layer
+
+
 def layout_dict(adapter) -> dict:
     """The module layout a pruned config records (the adapter's names), read by the pruned model classes."""
     return {"layers": adapter.layers, "attention": adapter.attention, "q": adapter.q, "k": adapter.k,
@@ -230,9 +287,10 @@ def finalize_pruned(model):
     old = model.config
     values = {k: v for k, v in old.to_dict().items()
               if k not in ("model_type", "transformers_version", "layer_shapes", "layout", "base_model_type",
-                           "auto_map", "architectures")}
-    new = config_class(**values, layer_shapes=layer_shapes_of(model), layout=layout_dict(adapter_for(model)),
-                       base_model_type=family)
+                           "auto_map", "architectures", "per_layer_config")}
+    shapes = layer_shapes_of(model)
+    new = config_class(**values, layer_shapes=shapes, layout=layout_dict(adapter_for(model)), base_model_type=family,
+                       per_layer_config=native_per_layer_config(model, shapes))
     new.auto_map = {"AutoConfig": f"{MODELING_FILE[:-3]}.{config_class.__name__}",
                     "AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.{model_class.__name__}"}
     new.architectures = [model_class.__name__]
