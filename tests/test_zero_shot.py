@@ -146,3 +146,22 @@ def test_zero_shot_scores_are_lm_evals_loglikelihood_argmax(embedded):
         correct_norm += max(range(len(scores)), key=lambda i: scores[i] / lengths[i]) == gold
     assert arc["acc"] == pytest.approx(correct / 6)
     assert arc["acc_norm"] == pytest.approx(correct_norm / 6)
+
+
+@pytest.mark.slow  # lm-eval builds its tasks: about 15 s
+def test_shared_context_loop_scores_as_lm_evals_own_and_keeps_each_document():
+    from structprune.models import load_model
+
+    model, tokenizer = load_model("tiny-smollm2")
+    tasks = ["arc_easy", "boolq", "winogrande"]  # shared contexts, one-token answers, shared continuations
+    ours = zero_shot(model, tokenizer, tasks, limit=6)
+    theirs = zero_shot(model, tokenizer, tasks, limit=6, loglikelihood="lm_eval")
+    assert ours["loglikelihood"] == "shared_context" and theirs["loglikelihood"] == "lm_eval"
+    for task, result in ours["tasks"].items():
+        other = theirs["tasks"][task]
+        assert (result["acc"], result.get("acc_norm"), result["correct"]) == (
+            other["acc"], other.get("acc_norm"), other["correct"])
+        assert len(result["correct"]) == result["documents"] == 6
+        assert result["score"] == pytest.approx(sum(result["correct"]) / 6)
+    with pytest.raises(ValueError, match="loglikelihood must be one of"):
+        zero_shot(model, tokenizer, tasks=["boolq"], limit=1, loglikelihood="fast")

@@ -129,6 +129,34 @@ def paired_perplexity(a: dict, b: dict, z: float = Z95) -> dict:
     return {"ratio": math.exp(mean), "ci95": [low, high], "windows": len(diff), "verdict": verdict}
 
 
+def paired_accuracy(a: dict, b: dict, z: float = Z95) -> dict:
+    """Model a against model b on the same documents (two `zero_shot` results with per-document `correct`):
+    per task and for the unweighted task average, the difference of the paper metric a - b, the standard
+    error of the paired per-document differences (sd / sqrt(n)), the 95 % interval, and the verdict: "a
+    higher", "b higher", or "not distinguishable" when the interval includes 0. The average's standard error
+    is sqrt(sum of the tasks' squared errors) / tasks (the tasks' documents are independent)."""
+
+    def compared(difference: float, se: float, **extra) -> dict:
+        low, high = difference - z * se, difference + z * se
+        verdict = "a higher" if low > 0 else "b higher" if high < 0 else "not distinguishable"
+        return {"difference": difference, "se": se, "ci95": [low, high], "verdict": verdict, **extra}
+
+    tasks = {}
+    for name, task in a["tasks"].items():
+        other = b["tasks"].get(name)
+        if "correct" not in task or other is None or "correct" not in other:
+            raise ValueError(f"paired comparisons need per-document results ({name}: `correct`); records computed "
+                             "before they were kept have none: compute them again")
+        if len(task["correct"]) != len(other["correct"]):
+            raise ValueError(f"{name}: not the same documents ({len(task['correct'])} against {len(other['correct'])})")
+        diff = torch.tensor(task["correct"], dtype=torch.float64) - torch.tensor(other["correct"], dtype=torch.float64)
+        se = diff.std().item() / math.sqrt(len(diff)) if len(diff) > 1 else 0.0
+        tasks[name] = compared(diff.mean().item(), se, documents=len(diff))
+    average = sum(t["difference"] for t in tasks.values()) / len(tasks)
+    average_se = math.sqrt(sum(t["se"] ** 2 for t in tasks.values())) / len(tasks)
+    return {"tasks": tasks, "average": compared(average, average_se)}
+
+
 # Tokenised evaluation texts of this process (WikiText-2 test: about 1 s to tokenise, the C4 sample 5 s): a
 # sweep evaluates many models on the same text. Keyed by the text's source and the tokenizer's identity.
 _EVALUATION_IDS: dict[tuple, torch.Tensor] = {}
@@ -184,14 +212,20 @@ def tasks_dir() -> Path:
     return Path(__file__).resolve().parent / "tasks"
 
 
+LOGLIKELIHOOD_LOOPS = ("shared_context", "lm_eval")
+
+
 def zero_shot(model, tokenizer, tasks=PAPER_TASKS, limit: int | None = None, batch_size: int = 8,
-              source: str = "auto", data_path=None) -> dict:
+              source: str = "auto", data_path=None, loglikelihood: str = "shared_context") -> dict:
     """Zero-shot accuracy of an in-memory model on lm-eval tasks.
 
     tasks: official names (boolq, piqa, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa).
     source: `local` runs the mirrors in structprune/tasks on the data folder; `official` runs lm-eval's
     own tasks (needs their data from the hub); `auto` is local when the data folder has the task files.
     limit: the first N documents of each task (a documented fixed subset), None for all.
+    loglikelihood: `shared_context` scores the answers of a question behind one pass over its context
+    (`structprune.loglikelihood`, the same log-probabilities up to float rounding); `lm_eval` runs lm-eval's
+    own loop. Tasks, prompts, metrics and standard errors are lm-eval's either way.
     Returns per task acc and acc_norm with stderr, the number of documents, the task version, the
     paper's metric for the task, and the average of the paper metrics.
     """
@@ -200,6 +234,7 @@ def zero_shot(model, tokenizer, tasks=PAPER_TASKS, limit: int | None = None, bat
     from lm_eval.tasks import TaskManager
 
     from .data import default_data_dir
+    from .loglikelihood import shared_context_lm
 
     if isinstance(tasks, str):
         tasks = [t.strip() for t in tasks.split(",") if t.strip()]
@@ -220,10 +255,13 @@ def zero_shot(model, tokenizer, tasks=PAPER_TASKS, limit: int | None = None, bat
     names = {t: LOCAL_TASKS[t] if source == "local" else t for t in tasks}
     manager = TaskManager(include_path=str(tasks_dir()),
                           metadata={"data_path": str(data_path)} if data_path else None)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    if loglikelihood not in LOGLIKELIHOOD_LOOPS:
+        raise ValueError(f"loglikelihood must be one of {', '.join(LOGLIKELIHOOD_LOOPS)}, got {loglikelihood!r}")
+    lm = (shared_context_lm(model, tokenizer, batch_size) if loglikelihood == "shared_context"
+          else HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size))
     start = time.perf_counter()
     output = simple_evaluate(model=lm, tasks=list(names.values()), task_manager=manager, limit=limit,
-                             num_fewshot=0, log_samples=False, bootstrap_iters=100)  # mean metrics: closed-form stderr
+                             num_fewshot=0, log_samples=True, bootstrap_iters=100)  # mean metrics: closed-form stderr
     seconds = time.perf_counter() - start
     results = {}
     for task, name in names.items():
@@ -237,6 +275,9 @@ def zero_shot(model, tokenizer, tasks=PAPER_TASKS, limit: int | None = None, bat
                 entry[f"{metric}_stderr"] = raw.get(f"{metric}_stderr,none")
         entry["score"] = entry[PAPER_METRIC[task]]
         entry["score_stderr"] = entry.get(f"{PAPER_METRIC[task]}_stderr")
+        # per document, in document order: 1 where the paper metric counts it correct (paired comparisons)
+        samples = sorted(output["samples"][name], key=lambda sample: sample["doc_id"])
+        entry["correct"] = [int(sample[PAPER_METRIC[task]]) for sample in samples]
         results[task] = entry
     return {
         "tasks": results,
@@ -244,4 +285,5 @@ def zero_shot(model, tokenizer, tasks=PAPER_TASKS, limit: int | None = None, bat
         "average_stderr": average_stderr(results),
         "metric_convention": "acc for boolq and winogrande, acc_norm for the others; average unweighted",
         "limit": limit, "num_fewshot": 0, "seconds": seconds, "lm_eval_version": version("lm_eval"),
+        "loglikelihood": loglikelihood,
     }
