@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from structprune.data import random_calibration
-from structprune.evaluate import average_stderr, paired_perplexity, perplexity_interval, perplexity_of_ids
+from structprune.evaluate import (
+    average_stderr,
+    paired_accuracy,
+    paired_perplexity,
+    perplexity_interval,
+    perplexity_of_ids,
+)
 
 
 def test_window_losses_reproduce_the_perplexity_and_its_interval(tiny):
@@ -62,3 +68,28 @@ def test_zero_shot_rows_carry_the_average_standard_error_and_compare_beyond_nois
     a, b, c = (rows.iloc[i] for i in range(3))
     assert report.compare_averages(a, b) == "not distinguishable"  # 5 points apart, s.e. 2.6 each
     assert report.compare_averages(a, c) == "higher" and report.compare_averages(c, a) == "lower"
+
+
+def test_paired_accuracy_uses_the_per_document_differences():
+    a = {"tasks": {"boolq": {"correct": [1, 1, 0, 1, 1, 0, 1, 1]}, "piqa": {"correct": [1, 0, 1, 1]}}}
+    b = {"tasks": {"boolq": {"correct": [0, 1, 0, 0, 1, 0, 0, 1]}, "piqa": {"correct": [1, 1, 1, 0]}}}
+    result = paired_accuracy(a, b)
+    boolq = np.array([1, 0, 0, 1, 0, 0, 1, 0], dtype=float)  # a - b per document
+    piqa = np.array([0, -1, 0, 1], dtype=float)
+    for name, diff in (("boolq", boolq), ("piqa", piqa)):
+        se = diff.std(ddof=1) / math.sqrt(len(diff))
+        assert result["tasks"][name]["difference"] == pytest.approx(diff.mean())
+        assert result["tasks"][name]["se"] == pytest.approx(se)
+        assert result["tasks"][name]["ci95"] == pytest.approx([diff.mean() - 1.959963984540054 * se,
+                                                               diff.mean() + 1.959963984540054 * se])
+    average_se = math.sqrt(boolq.std(ddof=1) ** 2 / 8 + piqa.std(ddof=1) ** 2 / 4) / 2
+    assert result["average"]["difference"] == pytest.approx((boolq.mean() + piqa.mean()) / 2)
+    assert result["average"]["se"] == pytest.approx(average_se)
+    assert result["tasks"]["piqa"]["verdict"] == "not distinguishable"
+    # the same documents always agree: no spread, and a clear verdict for a consistent gap
+    sure = paired_accuracy({"tasks": {"t": {"correct": [1] * 20}}}, {"tasks": {"t": {"correct": [0] * 20}}})
+    assert sure["average"]["verdict"] == "a higher" and sure["average"]["se"] == 0.0
+    with pytest.raises(ValueError, match="per-document"):
+        paired_accuracy({"tasks": {"t": {"score": 0.5}}}, b)
+    with pytest.raises(ValueError, match="not the same documents"):
+        paired_accuracy({"tasks": {"boolq": {"correct": [1, 0]}}}, b)

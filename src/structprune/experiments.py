@@ -222,15 +222,21 @@ def model_identity(record: dict) -> tuple[str, dict]:
     return config_hash(config), config
 
 
-def zero_shot_run(record: dict, limit: int | None, tasks=PAPER_TASKS, batch_size: int = 8) -> dict:
-    """Zero-shot accuracy (lm-eval, the seven paper tasks) of the model of a pruning record."""
+def zero_shot_run(record: dict, limit: int | None, tasks=PAPER_TASKS, batch_size: int = 8,
+                  dtype: str = "float32") -> dict:
+    """Zero-shot accuracy (lm-eval, the seven paper tasks) of the model of a pruning record, evaluated in
+    `dtype` (the model is rebuilt in float32, then cast); the record."""
+    from .models import DTYPES
+
     of, pruning = model_identity(record)
     config = {"of": of, "pruning": pruning, "tasks": list(tasks), "limit": limit,
               "num_fewshot": 0}
+    if dtype != "float32":  # float32 records keep the hash they had before the dtype was a setting
+        config["dtype"] = dtype
 
     def compute():
         model, tokenizer = rebuild(record)
-        result = zero_shot(model, tokenizer, list(tasks), limit=limit, batch_size=batch_size)
+        result = zero_shot(model.to(DTYPES[dtype]), tokenizer, list(tasks), limit=limit, batch_size=batch_size)
         return {"zero_shot": result, "params_after": count_parameters(model)}, {"seconds": result["seconds"]}
 
     return run_once("zero_shot", config, compute)

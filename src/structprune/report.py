@@ -146,15 +146,52 @@ def matched_rows(records: list[dict], dense: dict) -> pd.DataFrame:
     return frame.drop(columns="_ppl").sort_values(["target", "perplexity"]).reset_index(drop=True)
 
 
-def lowest_per_target(records: list[dict]) -> list[dict]:
-    """The lowest-perplexity matched-size record at each target (the headline rows), in target order."""
-    best = {}
+def lowest_per_target(records: list[dict], count: int = 1) -> list[dict]:
+    """The `count` lowest-perplexity matched-size records at each target (the headline rows), in target order,
+    lowest first within a target."""
+    by_target: dict[float, list[dict]] = {}
     for record in records:
-        target = record["config"]["target_params"]
-        if target not in best or (record["metrics"]["perplexity"]["perplexity"]
-                                  < best[target]["metrics"]["perplexity"]["perplexity"]):
-            best[target] = record
-    return [best[target] for target in sorted(best)]
+        by_target.setdefault(record["config"]["target_params"], []).append(record)
+    return [record for target in sorted(by_target)
+            for record in sorted(by_target[target], key=lambda r: r["metrics"]["perplexity"]["perplexity"])[:count]]
+
+
+def matched_zero_shot_rows(pairs: list[tuple[dict, dict]]) -> pd.DataFrame:
+    """(pruning record, zero-shot record) pairs, one row each: the target, method and parameters, each task's
+    paper metric (in %), the average with its standard error, and the documents per task."""
+    rows = []
+    for record, run in pairs:
+        result = run["metrics"]["zero_shot"]
+        row = {"target": record["config"].get("target_params"), "method": method_label(record),
+               "parameters": record["metrics"]["params_after"]}
+        for task in PAPER_TASKS:
+            row[TASK_NAMES[task]] = 100 * result["tasks"][task]["score"]
+        row["Average"] = 100 * result["average"]
+        row["± (s.e.)"] = 100 * average_stderr(result["tasks"])
+        row["documents per task"] = result["limit"] if result["limit"] is not None else "all"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_zero_shot_rows(comparisons: list[tuple[dict, dict, dict, dict]]) -> pd.DataFrame:
+    """(pruning record a, zero-shot record a, pruning record b, zero-shot record b) comparisons on the same
+    documents (`evaluate.paired_accuracy`): the difference a - b of the seven-task average and of each task's
+    paper metric, in points, with the average's 95 % interval and the verdict."""
+    from .evaluate import paired_accuracy
+
+    rows = []
+    for record_a, run_a, record_b, run_b in comparisons:
+        paired = paired_accuracy(run_a["metrics"]["zero_shot"], run_b["metrics"]["zero_shot"])
+        average, a, b = paired["average"], method_label(record_a), method_label(record_b)
+        row = {"target": record_a["config"].get("target_params"), "a": a, "b": b,
+               "a - b (points)": 100 * average["difference"], "95 % low": 100 * average["ci95"][0],
+               "95 % high": 100 * average["ci95"][1],
+               "verdict": {"a higher": f"{a} higher", "b higher": f"{b} higher"}.get(average["verdict"],
+                                                                                 average["verdict"])}
+        for task in PAPER_TASKS:
+            row[f"{TASK_NAMES[task]} a - b"] = 100 * paired["tasks"][task]["difference"]
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def long_protocol_rows(records: list[dict]) -> pd.DataFrame:
