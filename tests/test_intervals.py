@@ -54,20 +54,24 @@ def test_average_stderr_is_the_root_sum_of_squares_over_the_task_count():
     assert average_stderr({"boolq": {"acc_stderr": None}}) is None
 
 
-def test_zero_shot_rows_carry_the_average_standard_error_and_compare_beyond_noise():
+def test_zero_shot_rows_carry_the_average_standard_error_and_compare_beyond_noise_paired():
     from structprune import report
     from structprune.evaluate import PAPER_METRIC, PAPER_TASKS
 
-    def record(label, score, stderr):
-        tasks = {t: {"score": score, f"{PAPER_METRIC[t]}_stderr": stderr} for t in PAPER_TASKS}
+    def record(label, score, stderr, correct=(1, 0)):
+        tasks = {t: {"score": score, f"{PAPER_METRIC[t]}_stderr": stderr, "correct": list(correct) * 10}
+                 for t in PAPER_TASKS}
         return {"config": {"pruning": {"method": "x", "label": label, "ratio": 0.2}},
                 "metrics": {"zero_shot": {"tasks": tasks, "average": score}}}
 
     rows = report.zero_shot_rows([record("A", 0.50, 0.07), record("B", 0.45, 0.07), record("C", 0.30, 0.02)])
     assert rows["± (s.e.)"].tolist() == pytest.approx([100 * math.sqrt(7 * 0.07**2) / 7] * 2 + [100 * 0.02 / math.sqrt(7)])
-    a, b, c = (rows.iloc[i] for i in range(3))
-    assert report.compare_averages(a, b) == "not distinguishable"  # 5 points apart, s.e. 2.6 each
-    assert report.compare_averages(a, c) == "higher" and report.compare_averages(c, a) == "lower"
+    # paired on the same documents: one document apart in every pair of 20 is noise, always right against
+    # always wrong is not
+    same, shifted = record("A", 0.5, 0.1, (1, 0)), record("B", 0.5, 0.1, (0, 1))
+    best, worst = record("C", 1.0, 0.0, (1, 1)), record("D", 0.0, 0.0, (0, 0))
+    assert report.compare_zero_shot(same, shifted) == "not distinguishable"
+    assert report.compare_zero_shot(best, worst) == "higher" and report.compare_zero_shot(worst, best) == "lower"
 
 
 def test_paired_accuracy_uses_the_per_document_differences():

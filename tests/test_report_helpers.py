@@ -89,3 +89,4 @@ def test_lowest_per_target_picks_the_lowest_perplexity_at_each_target():
     records = [{"config": {"target_params": t}, "metrics": {"perplexity": {"perplexity": p}}, "name": n}
                for t, p, n in ((0.4, 9.0, "a"), (0.2, 5.0, "b"), (0.2, 4.0, "c"), (0.4, 8.0, "d"))]
     assert [r["name"] for r in report.lowest_per_target(records)] == ["c", "d"]
+    assert [r["name"] for r in report.lowest_per_target(records, count=2)] == ["c", "b", "d", "a"]

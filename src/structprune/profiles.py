@@ -28,11 +28,12 @@ PROFILES: dict[str, dict[str, Any]] = {
             "random": (None, 0, 0),
         },
         "zero_shot_limit": 4,  # first 4 documents of each of the seven tasks
+        "zero_shot_dtype": "float32",
+        "headline_zero_shot": {"limit": 4, "dtype": "float32"},  # notebook 06: the two lowest at each target
         "ratios": [0.2],
         "matched_targets": [0.02, 0.04],  # the tiny model is mostly embeddings: small shares of it
         # notebook 06's headline rows (dense, the best method at each target) under longer protocols
         "headline_perplexity": {"seqlens": [128, 256], "max_windows": 4, "dtype": "float32"},
-        "headline_zero_shot": {"limit": 4, "dtype": "float32"},  # notebook 06: the two lowest at each target
         "ablation_max_windows": 8,  # FLAP ablations: evaluation subset
         "ablation_nsamples": [4, 8],  # FLAP ablations: calibration sample counts
         # LoRA recovery (structprune.recovery.lora_recover options): a token run
@@ -66,20 +67,21 @@ PROFILES: dict[str, dict[str, Any]] = {
             "magnitude": (None, 0, 0),
             "random": (None, 0, 0),
         },
-        # First 50 documents of each task: about 2.5 min per model on a 2-core CPU (100 per task measured
-        # 306 s; the full sets, 20,265 documents, would take about 2.9 h per model on the CPU and took
-        # 161 s on one H100).
+        # Notebooks 01-04 (the papers' zero-shot tables): the first 50 documents of each task, about 25 s per model
+        # on a 2-core CPU (the full sets, 20,265 documents, about 2 h per model in float32).
         "zero_shot_limit": 50,
+        "zero_shot_dtype": "float32",
+        # Notebook 06, where methods are ranked: the dense model and the two lowest-perplexity methods at each target
+        # on the first 500 documents of each task (3,500), compared pairwise on the same documents, whose 95 %
+        # intervals are about +-1.5 points on the seven-task average; bfloat16 (this CPU's AMX units): 1.5-2.5 min
+        # per model (docs/reproduction.md, "Evaluation cost").
+        "headline_zero_shot": {"limit": 500, "dtype": "bfloat16"},
         "ratios": [0.2, 0.3, 0.5],
         "matched_targets": [0.2, 0.4],  # notebook 06: shares of the whole model removed, every method alike
         # Notebook 06's headline rows (dense, the best method at each target) on the full WikiText-2 test set
         # (304,986 tokens) at seqlen 128 and 2048. bfloat16 halves the cost on a CPU with AMX units (64-window
         # dense perplexity 63.94 against 64.03 in float32); about 19 minutes for the three models.
         "headline_perplexity": {"seqlens": [128, 2048], "max_windows": None, "dtype": "bfloat16"},
-        # Notebook 06's zero-shot of the dense model and the two lowest-perplexity methods at each target, compared
-        # pairwise on the same documents: 500 documents per task (3,500 in all) in bfloat16, about 2 min per model
-        # (the full task sets, 20,265 documents, would take about 10 min per model even so: see docs/reproduction.md)
-        "headline_zero_shot": {"limit": 500, "dtype": "bfloat16"},
         "ablation_max_windows": 64,  # FLAP ablations: first 64 windows (8,192 tokens), as the main runs
         "ablation_nsamples": [64, 128, 256, 512],  # FLAP ablations: calibration sample counts
         # LoRA recovery: 10 steps of batch 4 (40 Alpaca rows, cutoff 256) instead of 2 epochs of 50k rows: about
@@ -109,10 +111,11 @@ PROFILES: dict[str, dict[str, Any]] = {
             "random": (None, 0, 0),
         },
         "zero_shot_limit": None,  # the full task sets
+        "zero_shot_dtype": "float32",
+        "headline_zero_shot": {"limit": None, "dtype": "float32"},
         "ratios": [0.2, 0.3, 0.5],
         "matched_targets": [0.2, 0.4],
         "headline_perplexity": {"seqlens": [128, 2048], "max_windows": None, "dtype": "float32"},
-        "headline_zero_shot": {"limit": None, "dtype": "float32"},
         "ablation_max_windows": None,  # the full test set
         "ablation_nsamples": [128, 256, 512, 1024, 2048],
         # LLM-Pruner's recipe: 2 epochs, batch 64 (micro 4), cutoff 256 (the local Alpaca subset offline)

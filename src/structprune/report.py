@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .evaluate import PAPER_METRIC, PAPER_TASKS, Z95, average_stderr
+from .evaluate import PAPER_METRIC, PAPER_TASKS, average_stderr
 from .records import atomic_write_text, remove_orphans, results_dir, temporary_prefix
 
 TASK_NAMES = {"boolq": "BoolQ", "piqa": "PIQA", "hellaswag": "HellaSwag", "winogrande": "WinoGrande",
@@ -255,13 +255,14 @@ def zero_shot_rows(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compare_averages(a: pd.Series, b: pd.Series, z: float = Z95) -> str:
-    """Whether zero-shot average a (a row of zero_shot_rows) is above b beyond noise: "higher", "lower", or "not
-    distinguishable" when the 95 % interval of the difference, sqrt(s.e.a^2 + s.e.b^2) wide on each side,
-    includes 0. Unpaired (the records keep no per-document results), so it is conservative."""
-    difference = a["Average"] - b["Average"]
-    margin = z * (a["± (s.e.)"] ** 2 + b["± (s.e.)"] ** 2) ** 0.5
-    return "higher" if difference > margin else "lower" if difference < -margin else "not distinguishable"
+def compare_zero_shot(a: dict, b: dict) -> str:
+    """Whether the zero-shot average of record a is above b's beyond noise, paired on the same documents
+    (`evaluate.paired_accuracy`): "higher", "lower", or "not distinguishable" when the 95 % interval of the
+    difference includes 0."""
+    from .evaluate import paired_accuracy
+
+    verdict = paired_accuracy(a["metrics"]["zero_shot"], b["metrics"]["zero_shot"])["average"]["verdict"]
+    return {"a higher": "higher", "b higher": "lower"}.get(verdict, verdict)
 
 
 def metric_note() -> str:
@@ -294,6 +295,7 @@ def leaderboard(profile: str = "default", model: str = "embedded", root: Path | 
     protocol (threads, repeats, shapes)."""
     import json
 
+    from .profiles import profile_settings
     from .speed import speedup
 
     root = Path(root or results_dir() / "runs")
@@ -314,10 +316,12 @@ def leaderboard(profile: str = "default", model: str = "embedded", root: Path | 
             "parameters": record["metrics"]["params_after"]})
         windows = evaluation["max_windows"]
         row[f"PPL ({'all' if windows is None else windows} windows)"] = record["metrics"]["perplexity"]["perplexity"]
+    settings = profile_settings(profile)  # one zero-shot protocol for every row: the profile's
     for record in records("zero_shot"):
-        key = _pruning_key(record["config"]["pruning"])
-        if key in rows:
-            limit = record["config"]["limit"]
+        key, config = _pruning_key(record["config"]["pruning"]), record["config"]
+        if (key in rows and config["limit"] == settings["zero_shot_limit"]
+                and config.get("dtype", "float32") == settings["zero_shot_dtype"]):
+            limit = config["limit"]
             rows[key][f"zero-shot avg ({'all' if limit is None else limit} docs)"] = \
                 100 * record["metrics"]["zero_shot"]["average"]
     speeds: dict[str, list[dict]] = {}
