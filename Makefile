@@ -85,8 +85,9 @@ bench: $(STAMP)  ## benchmarks: pruning core cost, pruned-model speed target (re
 bench-stream: $(STAMP)  ## benchmark: streamed FLAP of a random LLaMA-2-7B-shaped checkpoint (writes 13.5 GB + 11 GB to ~/.cache)
 	$(TEST_ENV) $(PY) benchmarks/bench_stream.py
 
+# Containers often run as root, where JupyterLab refuses to start without --allow-root.
 lab: $(STAMP)  ## open JupyterLab on the notebooks
-	$(PY) -m jupyter lab notebooks
+	$(PY) -m jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:  ## remove executed notebooks and caches (keeps records and .venv)
 	rm -rf results/notebooks/*.ipynb results/notebooks/*.html results/notebooks/*.records.jsonl .pytest_cache .ruff_cache
