@@ -112,7 +112,10 @@ class Plan:
     @property
     def restores_weights(self) -> bool:
         """True when the plan's compensation rewrites kept weights (re-applying it needs calibration data)."""
-        return (self.parts.get("compensation") or {}).get("name") == "least_squares"
+        from .compensate import COMPENSATIONS
+
+        name = (self.parts.get("compensation") or {}).get("name", "none")
+        return COMPENSATIONS[name].rewrites_weights
 
     @classmethod
     def from_dict(cls, data: dict) -> Plan:

@@ -14,6 +14,10 @@ the kept columns, or neither (nothing was removed, or "none").
   the solution toward zero (`damping_toward="zero"`, ridge regression) or toward the kept columns' own
   weights (`"kept"`: W_S <- (W G[:, S] + lambda W[:, S]) (G[S, S] + lambda I)^-1, so a large damping means
   no restoration rather than shrunken weights).
+- `affine_least_squares`: the kept columns and a bias refitted together, argmin_{V, b} ||W X - V X_S - b||^2
+  (least squares on [X_S, 1]; the damping acts on V only). It contains both others: with V held at W[:, S]
+  (damping toward the kept weights, lambda -> inf) the best bias is FLAP's B_0, and with b held at 0 it is
+  `least_squares`; the solution is never worse on the calibration tokens than either.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class CompensationRule:
     defaults: dict = field(default_factory=dict)
     option_help: dict = field(default_factory=dict)
     summary: str = ""
+    adds_bias: bool = False  # a bias vector on o_proj / down_proj (counted in the parameters after)
+    rewrites_weights: bool = False  # kept weights change: re-applying a plan needs its calibration tokens
 
 
 def _removed(columns: int, kept: torch.Tensor) -> torch.Tensor:
@@ -95,13 +101,61 @@ def least_squares(weight: torch.Tensor, stats, kept: torch.Tensor, damping: floa
                                                damping_toward))
 
 
+def restore_affine(weight: torch.Tensor, gram: torch.Tensor, column_sum: torch.Tensor, count: int, kept: torch.Tensor,
+                   damping: float = 0.01, dtype: torch.dtype = torch.float64,
+                   toward: str = "kept") -> tuple[torch.Tensor, torch.Tensor]:
+    """argmin_{V, b} ||W X - V X_S - b||^2 + lambda ||V - V_0||^2 (V_0 as in `restore_columns`) from the Gram
+    G = X^T X, the column sums s = X^T 1 and the token count n: the normal equations of [X_S, 1],
+    [V, b] = (W [G[:, S], s] + lambda [V_0, 0]) [[G[S, S] + lambda I, s_S], [s_S^T, n]]^-1, by Cholesky."""
+    if toward not in DAMPING_TARGETS:
+        raise ValueError(f"unknown damping target {toward!r}: choose one of {', '.join(DAMPING_TARGETS)}")
+    gram, kept = gram.to(dtype), kept.to(gram.device)
+    column_sum = column_sum.to(device=gram.device, dtype=dtype)
+    size = len(kept)
+    system = torch.empty(size + 1, size + 1, dtype=dtype, device=gram.device)
+    system[:size, :size] = gram.index_select(0, kept).index_select(1, kept)
+    lam = damping * system[:size, :size].diagonal().mean()
+    system[:size, :size] += lam * torch.eye(size, dtype=dtype, device=gram.device)
+    system[:size, size] = system[size, :size] = column_sum[kept]
+    system[size, size] = count
+    weight = weight.detach().to(device=gram.device, dtype=dtype)
+    rhs = torch.cat([weight @ gram.index_select(1, kept), (weight @ column_sum)[:, None]], dim=1)  # [out, |S| + 1]
+    if toward == "kept":
+        rhs[:, :size] += lam * weight.index_select(1, kept)
+    solution = torch.cholesky_solve(rhs.T, torch.linalg.cholesky(system)).T
+    return solution[:, :size], solution[:, size]
+
+
+def affine_least_squares(weight: torch.Tensor, stats, kept: torch.Tensor, damping: float = 0.01,
+                         solver_dtype: str = "float64", damping_toward: str = "kept") -> Compensation:
+    if solver_dtype not in SOLVER_DTYPES:
+        raise ValueError(f"unknown solver_dtype {solver_dtype!r}: choose one of {', '.join(SOLVER_DTYPES)}")
+    if len(kept) == weight.shape[1]:
+        return Compensation()
+    if len(kept) == 0:  # nothing left to refit: the best constant is the mean output, FLAP's bias
+        return mean_bias(weight, stats, kept)
+    new_weight, bias = restore_affine(weight, stats.gram, stats.mean * stats.count, stats.count, kept, damping,
+                                      SOLVER_DTYPES[solver_dtype], damping_toward)
+    return Compensation(weight=new_weight, bias=bias.cpu().tolist())
+
+
 COMPENSATIONS: dict[str, CompensationRule] = {rule.name: rule for rule in (
     CompensationRule("none", none, summary="kept weights unchanged"),
-    CompensationRule("mean_bias", mean_bias, frozenset({"stats"}), summary="FLAP: removed inputs' mean output folded into a bias"),
+    CompensationRule("mean_bias", mean_bias, frozenset({"stats"}), adds_bias=True,
+                     summary="FLAP: removed inputs' mean output folded into a bias"),
     CompensationRule("least_squares", least_squares, frozenset({"stats", "gram"}),
                      {"damping": 0.01, "solver_dtype": "float64", "damping_toward": "zero"},
                      {"damping": "lambda = damping x mean diag G[S, S] (0: plain least squares)",
                       "solver_dtype": "float64 | float32 Cholesky solve",
                       "damping_toward": "zero (ridge) | kept (toward the kept columns' own weights)"},
+                     rewrites_weights=True,
                      summary="FASP: kept columns refitted to the dense output by least squares"),
+    CompensationRule("affine_least_squares", affine_least_squares, frozenset({"stats", "gram"}),
+                     {"damping": 0.01, "solver_dtype": "float64", "damping_toward": "kept"},
+                     {"damping": "lambda = damping x mean diag G[S, S], on the weights only",
+                      "solver_dtype": "float64 | float32 Cholesky solve",
+                      "damping_toward": "kept (toward the kept columns' own weights and FLAP's bias) | zero"},
+                     adds_bias=True, rewrites_weights=True,
+                     summary="kept columns and a bias refitted together to the dense output (FLAP's bias and "
+                             "FASP's least squares in one solve)"),
 )}

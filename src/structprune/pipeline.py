@@ -374,7 +374,7 @@ def removed_params(model, kept, layer_scores: list, composition: Composition, ra
     compensation biases it adds: what the cut will do, computed without cutting (`solve_ratio` searches it);
     `shapes` are the dense layers' (`layer_shapes`)."""
     adapter, config = adapter_for(model), model.config
-    adds_bias = composition.compensation == "mean_bias"
+    adds_bias = COMPENSATIONS[composition.compensation].adds_bias
     removed = 0
     for index, (shape, scores) in enumerate(zip(shapes, layer_scores, strict=True)):
         if scores is None:
