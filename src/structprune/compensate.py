@@ -72,10 +72,11 @@ SOLVER_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 DAMPING_TARGETS = ("zero", "kept")
 
 
-def restore_columns(weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor, damping: float = 0.01,
-                    dtype: torch.dtype = torch.float64, toward: str = "zero") -> torch.Tensor:
-    """argmin_V ||W X - V X_S||^2 + lambda ||V - V_0||^2 with V_0 = 0 (toward "zero") or W[:, S] ("kept"):
-    V = (W G[:, S] + lambda V_0) (G[S, S] + lambda I)^-1, by Cholesky."""
+def _damped_normal_equations(weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor, damping: float,
+                             dtype: torch.dtype, toward: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The normal equations of argmin_V ||W X - V X_S||^2 + lambda ||V - V_0||^2 (V_0 = 0 toward "zero",
+    W[:, S] toward "kept"): the system G[S, S] + lambda I, the right-hand side W G[:, S] + lambda V_0, and W
+    in the solver's dtype; lambda = damping x mean diag G[S, S]."""
     if toward not in DAMPING_TARGETS:
         raise ValueError(f"unknown damping target {toward!r}: choose one of {', '.join(DAMPING_TARGETS)}")
     gram = gram.to(dtype)
@@ -87,18 +88,29 @@ def restore_columns(weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor
     rhs = weight @ gram.index_select(1, kept)  # [out, |S|]
     if toward == "kept":
         rhs = rhs + lam * weight.index_select(1, kept)
-    factor = torch.linalg.cholesky(g_ss)
-    return torch.cholesky_solve(rhs.T, factor).T
+    return g_ss, rhs, weight
+
+
+def restore_columns(weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor, damping: float = 0.01,
+                    dtype: torch.dtype = torch.float64, toward: str = "zero") -> torch.Tensor:
+    """argmin_V ||W X - V X_S||^2 + lambda ||V - V_0||^2 with V_0 = 0 (toward "zero") or W[:, S] ("kept"):
+    V = (W G[:, S] + lambda V_0) (G[S, S] + lambda I)^-1, by Cholesky."""
+    system, rhs, _ = _damped_normal_equations(weight, gram, kept, damping, dtype, toward)
+    return torch.cholesky_solve(rhs.T, torch.linalg.cholesky(system)).T
+
+
+def _solver_dtype(name: str) -> torch.dtype:
+    if name not in SOLVER_DTYPES:
+        raise ValueError(f"unknown solver_dtype {name!r}: choose one of {', '.join(SOLVER_DTYPES)}")
+    return SOLVER_DTYPES[name]
 
 
 def least_squares(weight: torch.Tensor, stats, kept: torch.Tensor, damping: float = 0.01,
                   solver_dtype: str = "float64", damping_toward: str = "zero") -> Compensation:
-    if solver_dtype not in SOLVER_DTYPES:
-        raise ValueError(f"unknown solver_dtype {solver_dtype!r}: choose one of {', '.join(SOLVER_DTYPES)}")
+    dtype = _solver_dtype(solver_dtype)
     if len(kept) == weight.shape[1] or len(kept) == 0:  # nothing removed, or nothing left to restore
         return Compensation()
-    return Compensation(weight=restore_columns(weight, stats.gram, kept, damping, SOLVER_DTYPES[solver_dtype],
-                                               damping_toward))
+    return Compensation(weight=restore_columns(weight, stats.gram, kept, damping, dtype, damping_toward))
 
 
 def restore_affine(weight: torch.Tensor, gram: torch.Tensor, column_sum: torch.Tensor, count: int, kept: torch.Tensor,
@@ -107,35 +119,27 @@ def restore_affine(weight: torch.Tensor, gram: torch.Tensor, column_sum: torch.T
     """argmin_{V, b} ||W X - V X_S - b||^2 + lambda ||V - V_0||^2 (V_0 as in `restore_columns`) from the Gram
     G = X^T X, the column sums s = X^T 1 and the token count n: the normal equations of [X_S, 1],
     [V, b] = (W [G[:, S], s] + lambda [V_0, 0]) [[G[S, S] + lambda I, s_S], [s_S^T, n]]^-1, by Cholesky."""
-    if toward not in DAMPING_TARGETS:
-        raise ValueError(f"unknown damping target {toward!r}: choose one of {', '.join(DAMPING_TARGETS)}")
-    gram, kept = gram.to(dtype), kept.to(gram.device)
-    column_sum = column_sum.to(device=gram.device, dtype=dtype)
+    g_ss, rhs, weight = _damped_normal_equations(weight, gram, kept, damping, dtype, toward)
+    # bordered by the constant input: [[G[S, S] + lambda I, s_S], [s_S^T, n]] and [rhs, W s]
+    column_sum = column_sum.to(device=g_ss.device, dtype=dtype)
+    kept_sum = column_sum[kept.to(g_ss.device)]
+    count = torch.tensor([[float(count)]], dtype=dtype, device=g_ss.device)
+    system = torch.cat([torch.cat([g_ss, kept_sum[:, None]], dim=1), torch.cat([kept_sum[None], count], dim=1)])
+    rhs = torch.cat([rhs, (weight @ column_sum)[:, None]], dim=1)  # [out, |S| + 1]
     size = len(kept)
-    system = torch.empty(size + 1, size + 1, dtype=dtype, device=gram.device)
-    system[:size, :size] = gram.index_select(0, kept).index_select(1, kept)
-    lam = damping * system[:size, :size].diagonal().mean()
-    system[:size, :size] += lam * torch.eye(size, dtype=dtype, device=gram.device)
-    system[:size, size] = system[size, :size] = column_sum[kept]
-    system[size, size] = count
-    weight = weight.detach().to(device=gram.device, dtype=dtype)
-    rhs = torch.cat([weight @ gram.index_select(1, kept), (weight @ column_sum)[:, None]], dim=1)  # [out, |S| + 1]
-    if toward == "kept":
-        rhs[:, :size] += lam * weight.index_select(1, kept)
     solution = torch.cholesky_solve(rhs.T, torch.linalg.cholesky(system)).T
     return solution[:, :size], solution[:, size]
 
 
 def affine_least_squares(weight: torch.Tensor, stats, kept: torch.Tensor, damping: float = 0.01,
                          solver_dtype: str = "float64", damping_toward: str = "kept") -> Compensation:
-    if solver_dtype not in SOLVER_DTYPES:
-        raise ValueError(f"unknown solver_dtype {solver_dtype!r}: choose one of {', '.join(SOLVER_DTYPES)}")
+    dtype = _solver_dtype(solver_dtype)
     if len(kept) == weight.shape[1]:
         return Compensation()
     if len(kept) == 0:  # nothing left to refit: the best constant is the mean output, FLAP's bias
         return mean_bias(weight, stats, kept)
     new_weight, bias = restore_affine(weight, stats.gram, stats.mean * stats.count, stats.count, kept, damping,
-                                      SOLVER_DTYPES[solver_dtype], damping_toward)
+                                      dtype, damping_toward)
     return Compensation(weight=new_weight, bias=bias.cpu().tolist())
 
 

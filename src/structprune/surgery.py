@@ -222,45 +222,30 @@ def native_per_layer_config(model, shapes: list[dict]) -> dict[int, dict] | None
     keeps a bias (`skip` drops the whole sub-layer), an MLP on the decoder layer itself with no channel left
     (nothing to name in `skip`), or a bias the family's config cannot switch on."""
     adapter, config = adapter_for(model), model.config
-    d = head_dim(config)
-
-    def bias_override(switch: str | None) -> dict | None:
-        native = getattr(config, switch, None) if switch else None
-        if native is None:
-            return None  # the family's config has no switch for this bias
-        return {} if native else {switch: True}
-
     per_layer: dict[int, dict] = {}
     for index, shape in enumerate(shapes):
-        heads, channels = shape["num_attention_heads"], shape["intermediate_size"]
-        overrides: dict = {}
-        skip = []
-        if heads == 0:
-            if shape["o_proj_bias"]:
-                return None
-            skip.append(adapter.attention)
-        else:
-            if shape["value_head_dim"] != d:
-                return None
-            overrides["num_attention_heads"] = heads
-            if adapter.kv_heads_attribute:
-                overrides[adapter.kv_heads_attribute] = shape["num_key_value_heads"]
-            if shape["o_proj_bias"]:
-                switch = bias_override(adapter.o_bias_switch)
-                if switch is None:
+        if shape["num_attention_heads"] and shape["value_head_dim"] != head_dim(config):
+            return None
+        # per sub-layer: its module name, whether it kept any unit, its widths, its bias and the config's switch
+        sublayers = ((adapter.attention, shape["num_attention_heads"],
+                      {"num_attention_heads": shape["num_attention_heads"],
+                       adapter.kv_heads_attribute: shape["num_key_value_heads"]},
+                      shape["o_proj_bias"], adapter.o_bias_switch),
+                     (adapter.mlp, shape["intermediate_size"], {adapter.width_attribute: shape["intermediate_size"]},
+                      shape["down_proj_bias"], adapter.down_bias_switch))
+        overrides, skip = {}, []
+        for module, units, widths, biased, switch in sublayers:
+            if not units:
+                if biased or not module:
                     return None
-                overrides.update(switch)
-        if channels == 0:
-            if shape["down_proj_bias"] or not adapter.mlp:
-                return None
-            skip.append(adapter.mlp)
-        else:
-            overrides[adapter.width_attribute] = channels
-            if shape["down_proj_bias"]:
-                switch = bias_override(adapter.down_bias_switch)
-                if switch is None:
-                    return None
-                overrides.update(switch)
+                skip.append(module)
+                continue
+            overrides.update({k: v for k, v in widths.items() if k})
+            if biased:
+                native = getattr(config, switch, None) if switch else None
+                if native is None:
+                    return None  # the family's config has no switch for this bias
+                overrides[switch] = True
         # only what differs from the global config, as transformers itself stores it
         overrides = {k: v for k, v in overrides.items() if getattr(config, k, None) != v}
         if skip:
