@@ -121,3 +121,16 @@ def test_bad_llm_pruner_options_are_refused(tiny, calibration):
         prune(tiny, "llm_pruner", 0.2, calibration=calibration, importance="taylor")
     with pytest.raises(ValueError, match=r"layer range \[2, 9\) is not inside the model's 3 layers"):
         prune(tiny, "llm_pruner", 0.2, calibration=calibration, layer_start=2, layer_end=9)
+
+
+def test_gradients_accumulated_in_mini_batches_equal_one_pass():
+    # A large calibration set is taken in mini-batches (one pass over 512 x 128 tokens would hold 13 GB of
+    # logits); the accumulated mean-loss gradient is the one-pass gradient, computed literally in float64.
+    model = _model()
+    ids = random_calibration(256, 7, 12, seed=3)
+    grads, _ = lm_loss_gradients(model, ids, range(3), second_order=False, batch_size=3)  # 3 + 3 + 1 samples
+    down = model.model.layers[2].mlp.down_proj
+    literal = torch.autograd.grad(_loss(model, ids), [down.weight])[0]
+    assert torch.allclose(grads[down], literal, rtol=1e-10, atol=1e-14)
+    one_pass, _ = lm_loss_gradients(model, ids, range(3), second_order=False, batch_size=7)
+    assert torch.allclose(grads[down], one_pass[down], rtol=1e-10, atol=1e-14)

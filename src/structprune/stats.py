@@ -286,7 +286,8 @@ def lm_loss(model, ids: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 
 
-def lm_loss_gradients(model, calibration: torch.Tensor, layers: Sequence[int], second_order: bool):
+def lm_loss_gradients(model, calibration: torch.Tensor, layers: Sequence[int], second_order: bool,
+                      batch_size: int = 16):
     """Gradients (and, if asked, the diagonal Fisher: the mean over samples of (dL_n/dW)^2, one backward per
     sample) of the LM loss for the prunable linears of `layers` only; every other parameter is frozen, so no
     gradient memory is spent on it. Returns ({linear: dL/dW}, {linear: Fisher diagonal} or None)."""
@@ -309,7 +310,10 @@ def lm_loss_gradients(model, calibration: torch.Tensor, layers: Sequence[int], s
                 for m in linears:
                     fisher[m] += m.weight.grad.double() ** 2 / ids.shape[0]
         model.zero_grad(set_to_none=True)
-        lm_loss(model, ids).backward()
+        # The mean loss over all samples, accumulated in mini-batches (every sample has the same length): one
+        # pass over 512 x 128 tokens would hold 13 GB of logits. Up to `batch_size` samples it is one pass.
+        for chunk in ids.split(batch_size):
+            (lm_loss(model, chunk) * (chunk.shape[0] / ids.shape[0])).backward()
         grads = {m: m.weight.grad.double() for m in linears}
     finally:
         model.zero_grad(set_to_none=True)
