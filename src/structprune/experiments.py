@@ -18,6 +18,7 @@ from .allocate import Plan
 from .architectures import count_parameters
 from .evaluate import PAPER_TASKS, perplexity, zero_shot
 from .methods import get_method, prune, resolve_options
+from .pipeline import COMPOSED, Composition, composition_from
 from .records import config_hash, run_once
 from .surgery import apply_plan
 
@@ -63,9 +64,13 @@ def evaluation_of(settings: dict, max_windows: int | None = None) -> dict:
 
 
 def _prune_as_configured(model, tokenizer, config: dict):
-    """Run the pruning a pruning-run config describes (method, ratio or target_params, options, calibration,
-    seed)."""
+    """Run the pruning a pruning-run config describes (method or composition, ratio or target_params, options,
+    calibration, seed)."""
     calibration, options = config["calibration"] or {}, config["options"]
+    if config["method"] == COMPOSED:  # a composition of parts: its options are its whole description
+        return prune(model, composition_from(options), config["ratio"], calibration=calibration.get("dataset"),
+                     tokenizer=tokenizer, nsamples=calibration.get("nsamples"), seqlen=calibration.get("seqlen"),
+                     seed=calibration.get("seed", 0), target_params=config.get("target_params"))
     return prune(model, config["method"], config["ratio"], calibration=calibration.get("dataset"),
                  tokenizer=tokenizer, nsamples=calibration.get("nsamples"), seqlen=calibration.get("seqlen"),
                  seed=options.get("seed", calibration.get("seed", 0)), target_params=config.get("target_params"),
@@ -102,28 +107,39 @@ def recover(model, tokenizer, plan: Plan, recovery: dict) -> dict:
     return lora_recover(model, tokenizer, rank_pattern=pattern, **options)
 
 
-def pruning_run(settings: dict, method: str, ratio: float | None, options: dict | None = None,
+def pruning_run(settings: dict, method: str | Composition, ratio: float | None, options: dict | None = None,
                 nsamples: int | None = None, max_windows: int | None = None, also: tuple[str, ...] = (),
                 experiment: str = "sweep", calibration: dict | None = None, recovery: dict | None = None,
-                target_params: float | None = None) -> dict:
+                target_params: float | None = None, eval_dtype: str = "float32") -> dict:
     """Prune the profile's model with `method` at `ratio` and measure perplexity; the record.
 
-    method "dense" (ratio 0) evaluates the unpruned model under the same protocol.
+    method "dense" (ratio 0) evaluates the unpruned model under the same protocol; a `Composition` (parts,
+    `compose(...)`) is recorded as method "composed" with its description as options, and calibrates on
+    `calibration` (which it then needs).
     nsamples: calibration samples (default: the profile's); max_windows: evaluation subset (default:
     the profile's); also: further perplexity datasets (e.g. ("c4",)), metrics `perplexity_<name>`.
     calibration: {"dataset", "nsamples", "seqlen", "seed"} instead of the method's own (same-footing
-    baselines); recovery: LoRA recovery after pruning (see `recover`).
+    baselines); recovery: LoRA recovery after pruning (see `recover`); eval_dtype: the dtype perplexity is
+    evaluated in (the model is pruned in the profile's, then cast; float32 records name none).
     """
     evaluation = evaluation_of(settings, max_windows)
     if also:
         evaluation["also"] = list(also)
+    if eval_dtype != "float32":
+        evaluation["dtype"] = eval_dtype
     config = {"profile": settings["profile"], "model": settings["model"], "method": method, "ratio": ratio,
               "evaluation": evaluation}
     if target_params is not None:  # matched size: the method's ratio is solved for this fraction of the model
         config.update(ratio=None, target_params=target_params)
     config.update({k: v for k, v in precision_of(settings).items() if v != DEFAULT_PRECISION[k]})
     options = dict(options or {})
-    if method != "dense":
+    if isinstance(method, Composition):
+        if options or calibration is None:
+            raise ValueError("a composition's options go into compose(...), and it needs calibration= "
+                             "({dataset, nsamples, seqlen, seed}, e.g. calibration_of(settings, 'flap'))")
+        config.update(method=COMPOSED, label=method.check().label, options=method.describe(),
+                      calibration=calibration if method.needs_data() else None)
+    elif method != "dense":
         spec = get_method(method)
         if "seed" in spec.defaults:  # methods that draw random numbers follow the profile's seed
             options.setdefault("seed", settings["seed"])
@@ -161,6 +177,10 @@ def pruning_metrics(config: dict) -> tuple[dict, dict]:
         if recovered is not None:
             metrics["recovery"] = recovered
             timings["recovery_seconds"] = recovered["seconds"]
+    if "dtype" in evaluation:
+        from .models import DTYPES
+
+        model.to(DTYPES[evaluation["dtype"]])
     metrics["perplexity"] = perplexity(model, tokenizer, evaluation["dataset"], evaluation["split"],
                                        evaluation["seqlen"], evaluation["max_windows"])
     timings["perplexity_seconds"] = metrics["perplexity"]["seconds"]
@@ -168,6 +188,32 @@ def pruning_metrics(config: dict) -> tuple[dict, dict]:
         metrics[f"perplexity_{dataset}"] = perplexity(model, tokenizer, dataset, EVALUATION_SPLIT.get(dataset, "test"),
                                                       evaluation["seqlen"], evaluation["max_windows"])
     return metrics, timings
+
+
+def grid_runs(settings: dict, targets: list[float]) -> list[dict]:
+    """Every composition of the profile's grid (`settings["grid"]`: scores x allocations x compensations) at
+    every target share of the model's parameters, one-shot on the calibration of the grid's named method,
+    evaluated on WikiText-2 and C4 in the grid's dtype; the pruning records (experiment "grid")."""
+    from .pipeline import compose
+    from .progress import progress
+
+    grid = settings["grid"]
+    calibration = calibration_of(settings, grid["calibration"])
+    cells = [(target, score, allocation, compensation) for target in targets for score in grid["scores"]
+             for allocation in grid["allocations"] for compensation in grid["compensations"]]
+    return [pruning_run(settings, compose(score, allocation, compensation), None, target_params=target,
+                        calibration=calibration, also=("c4",), experiment="grid", eval_dtype=grid["eval_dtype"])
+            for target, score, allocation, compensation in progress(cells, "composition grid", unit="cell")]
+
+
+def grid_protocol_perplexities(settings: dict, record: dict) -> dict[str, dict]:
+    """{dataset: perplexity} of any pruning record on the grid's protocol (WikiText-2 test and C4 validation,
+    the profile's windows, the grid's dtype): `perplexity_run` records, so the paper methods and the dense
+    model compare with the grid on the same windows in the same dtype."""
+    evaluation = evaluation_of(settings)
+    return {dataset: perplexity_run(record, evaluation["seqlen"], evaluation["max_windows"], dataset,
+                                    EVALUATION_SPLIT.get(dataset, "test"), dtype=settings["grid"]["eval_dtype"])
+            ["metrics"]["perplexity"] for dataset in ("wikitext2", "c4")}
 
 
 def rerun(record: dict) -> dict:
@@ -191,10 +237,26 @@ def calibration_tokens(tokenizer, calibration: dict):
     return ids
 
 
+# The last rebuilt model (a copy is handed out): several measurements of one record rebuild it once, which
+# matters for plans whose least squares is recomputed from the calibration tokens.
+_REBUILT: dict[str, tuple] = {}
+
+
 def rebuild(record: dict):
     """The pruned model of a pruning record and the tokenizer: a dense copy with the record's plan applied
     (a least-squares restoration recomputed from the record's calibration tokens), or, after LoRA recovery,
     the same seeded pruning and fine-tuning again."""
+    key = record["config_hash"]
+    if key not in _REBUILT:
+        _REBUILT.clear()
+        _REBUILT[key] = _rebuild(record)
+    model, tokenizer = _REBUILT[key]
+    fresh = copy.deepcopy(model)
+    fresh.structprune_source = getattr(model, "structprune_source", None)
+    return fresh, tokenizer
+
+
+def _rebuild(record: dict):
     config = record["config"]
     model, tokenizer = dense_model(config["model"], **precision_of(config))
     if config["method"] == "dense":
@@ -288,18 +350,26 @@ def engine_speed_run(record: dict, dtype: str = "f32", threads: int = 2, repeats
     return run_once("engine_speed", config, compute)
 
 
-def speed_run(record: dict, threads: int | None = 2, repeats: int = 3, **speed_options) -> dict:
-    """Measured speed (structprune.speed.speed) of the model of a pruning record."""
+def speed_run(record: dict, threads: int | None = 2, repeats: int = 3, baseline: dict | None = None,
+              **speed_options) -> dict:
+    """Measured speed (structprune.speed.speed) of the model of a pruning record. With `baseline` (another
+    pruning record, e.g. the dense model's), that model is timed too, just before, in the same process
+    (metrics `baseline_speed`): a speedup then never divides timings taken on different days or machines."""
     from .speed import speed
 
     of, pruning = model_identity(record)
     config = {"of": of, "pruning": pruning, "threads": threads, "repeats": repeats,
               **speed_options}
+    if baseline is not None:
+        config["baseline"] = model_identity(baseline)[0]
 
     def compute():
+        metrics = {}
+        if baseline is not None:
+            metrics["baseline_speed"] = speed(rebuild(baseline)[0], repeats=repeats, threads=threads, **speed_options)
         model, _ = rebuild(record)
-        result = speed(model, repeats=repeats, threads=threads, **speed_options)
-        return {"speed": result}, {}
+        metrics["speed"] = speed(model, repeats=repeats, threads=threads, **speed_options)
+        return metrics, {}
 
     return run_once("speed", config, compute)
 

@@ -64,6 +64,7 @@ from .stats import (
     statistics_key,
 )
 
+COMPOSED = "composed"  # the method name of plans and records of a composition of parts (not a paper method)
 ATTENTION_UNITS = ("kv_group", "value_channel", "query_head")
 # Scores that give o_proj column scores, which value-channel and query-head units regroup.
 COLUMN_SCORES = ("magnitude", "wanda", "ifv", "wifv", "activation", "activation_relative")
@@ -186,6 +187,14 @@ def compose(score: str = "wanda", allocation: str = "uniform", compensation: str
                        score_options=routed["score"], allocation_options=routed["allocation"],
                        compensation_options=routed["compensation"], **passing).check()
 
+
+def composition_from(description: dict) -> Composition:
+    """The composition that `Composition.describe()` wrote (records and plans store it): the inverse of describe."""
+    parts = {kind: dict(description[kind]) for kind in ("score", "allocation", "compensation")}
+    return Composition(score=parts["score"].pop("name"), allocation=parts["allocation"].pop("name"),
+                       compensation=parts["compensation"].pop("name"), score_options=parts["score"],
+                       allocation_options=parts["allocation"], compensation_options=parts["compensation"],
+                       **{k: description[k] for k in COMPOSITION_FIELDS if k in description}).check()
 
 # --- evidence --------------------------------------------------------------------------------------------------
 
@@ -451,7 +460,7 @@ def top_up_channels(shortfall: float, kept_channels: list[int | None], channel_p
 
 
 def run(model, ratio: float | None, calibration: torch.Tensor | None, composition: Composition,
-        method: str = "composed", options: dict | None = None, target_params: float | None = None,
+        method: str = COMPOSED, options: dict | None = None, target_params: float | None = None,
         stream: LayerStream | None = None) -> Plan:
     """Prune `model` in place with `composition` at `ratio`, or at the ratio of the method's own rule whose cut
     removes the fraction `target_params` of the whole model's parameters; the plan it applied (see the module

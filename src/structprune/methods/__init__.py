@@ -16,7 +16,7 @@ import torch
 from ..allocate import Plan, check_ratio
 from ..architectures import adapter_for, count_parameters
 from ..options import SEED_LIMIT, check_option_values
-from ..pipeline import Composition, run
+from ..pipeline import COMPOSED, Composition, run
 from ..stats import all_finite
 from . import cfsp, fasp, flap, llm_pruner, magnitude, random_sp, saap, wanda_sp
 from .base import Method
@@ -95,7 +95,7 @@ def method_parts(method: str | Composition, options: dict, seed: int | None) -> 
         if options:
             raise ValueError(f"options {', '.join(sorted(options))} go into compose(...), not prune(...)")
         composition = method.check()
-        return "composed", composition.label, composition.describe(), composition, COMPOSITION_CALIBRATION
+        return COMPOSED, composition.label, composition.describe(), composition, COMPOSITION_CALIBRATION
     spec = get_method(method)
     if seed is not None and "seed" in spec.defaults:  # methods that draw random numbers follow a given seed
         options.setdefault("seed", seed)
