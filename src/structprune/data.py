@@ -144,8 +144,11 @@ def _token_ids(tokenizer, text: str) -> torch.Tensor:
 
 
 def calibration_batches(tokenizer, dataset: str, nsamples: int, seqlen: int, seed: int = 0,
-                        data_path: str | Path | None = None) -> torch.Tensor:
+                        data_path: str | Path | None = None, bos_token_id: int | None = None) -> torch.Tensor:
     """`nsamples` random windows of `seqlen` tokens, as a [nsamples, seqlen] tensor of token ids.
+
+    bos_token_id: every window is this token, then seqlen - 1 tokens drawn as below (families whose windows
+    start with BOS, `architectures.window_bos_id`).
 
     wikitext2/ptb: windows of the joined training text (FLAP/Wanda: `random.seed(seed)`, start uniform
     in [0, len - seqlen - 1]). c4: a random document longer than seqlen, then a random window (Wanda).
@@ -154,6 +157,11 @@ def calibration_batches(tokenizer, dataset: str, nsamples: int, seqlen: int, see
     _check_dataset(dataset)
     if nsamples < 1 or seqlen < 2:
         raise ValueError(f"calibration needs nsamples >= 1 and seqlen >= 2 (got {nsamples} x {seqlen})")
+    if bos_token_id is not None:
+        if seqlen < 3:
+            raise ValueError(f"windows that start with BOS need seqlen >= 3 (got {seqlen})")
+        body = calibration_batches(tokenizer, dataset, nsamples, seqlen - 1, seed, data_path)
+        return torch.cat([torch.full((nsamples, 1), bos_token_id, dtype=body.dtype), body], 1)
     rows, source = dataset_rows(dataset, calibration_split(dataset, data_path), data_path)
     rng = random.Random(seed)
     if dataset in ("wikitext2", "ptb"):

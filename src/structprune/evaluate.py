@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .architectures import window_bos_id
 from .data import evaluation_text
 from .progress import progress
 
@@ -36,12 +37,17 @@ def check_windows(model, ids: torch.Tensor, seqlen: int, max_windows: int | None
     context = model_context_length(model)
     if context is not None and seqlen > context:
         raise ValueError(f"seqlen {seqlen} is longer than the model's context ({context} tokens): use seqlen <= {context}")
-    windows = ids.numel() // seqlen
+    bos = window_bos_id(model)
+    if bos is not None:  # each window: BOS, then seqlen - 1 tokens of the text, all of them scored
+        ids = ids[1:] if ids.numel() and ids[0] == bos else ids
+    width = seqlen - (bos is not None)
+    windows = ids.numel() // width
     if max_windows is not None:
         windows = min(windows, max_windows)
     if windows < 1:
         raise ValueError(f"the evaluation text has {ids.numel()} tokens, fewer than one window of {seqlen}")
-    return ids[: windows * seqlen].view(windows, seqlen)
+    chunks = ids[: windows * width].view(windows, width)
+    return chunks if bos is None else torch.cat([torch.full((windows, 1), bos, dtype=chunks.dtype), chunks], 1)
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import copy
 import functools
 
 from .allocate import Plan
-from .architectures import count_parameters
+from .architectures import count_parameters, window_bos_id
 from .evaluate import PAPER_TASKS, perplexity, zero_shot
 from .methods import get_method, prune, resolve_options
 from .pipeline import COMPOSED, Composition, composition_from
@@ -221,15 +221,15 @@ def rerun(record: dict) -> dict:
     return pruning_metrics(record["config"])[0]
 
 
-def calibration_tokens(tokenizer, calibration: dict):
-    """The calibration token ids a pruning record names (dataset, nsamples, seqlen, seed), checked against
-    the digest the record holds."""
+def calibration_tokens(tokenizer, calibration: dict, bos_token_id: int | None = None):
+    """The calibration token ids a pruning record names (dataset, nsamples, seqlen, seed; windows starting with
+    `bos_token_id` for the families that need it), checked against the digest the record holds."""
     import hashlib
 
     from .data import calibration_batches
 
     ids = calibration_batches(tokenizer, calibration["dataset"], calibration["nsamples"], calibration["seqlen"],
-                              calibration["seed"])
+                              calibration["seed"], bos_token_id=bos_token_id)
     digest = hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest()[:16]
     if calibration.get("token_sha256") not in (None, digest):
         raise ValueError(f"the calibration tokens of {calibration['dataset']} are not the ones the record was pruned "
@@ -265,7 +265,8 @@ def _rebuild(record: dict):
         _prune_and_recover(model, tokenizer, config)
         return model, tokenizer
     plan = Plan.from_dict(record["metrics"]["plan"])
-    calibration = calibration_tokens(tokenizer, record["metrics"]["calibration"]) if plan.restores_weights else None
+    calibration = (calibration_tokens(tokenizer, record["metrics"]["calibration"], window_bos_id(model))
+                   if plan.restores_weights else None)
     apply_plan(model, plan, calibration)
     return model, tokenizer
 

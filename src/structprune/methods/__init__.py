@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..allocate import Plan, check_ratio
-from ..architectures import adapter_for, count_parameters
+from ..architectures import adapter_for, count_parameters, window_bos_id
 from ..options import SEED_LIMIT, check_option_values
 from ..pipeline import COMPOSED, Composition, run
 from ..stats import all_finite
@@ -161,7 +161,7 @@ def prune(model, method: str | Composition, ratio: float | None = None, calibrat
         if context and seqlen > context:
             raise ValueError(f"calibration seqlen {seqlen} is longer than the model's context ({context} tokens): "
                              f"use --seqlen {context} or less")
-        ids = calibration_batches(tokenizer, dataset, nsamples, seqlen, seed, data_path)
+        ids = calibration_batches(tokenizer, dataset, nsamples, seqlen, seed, data_path, window_bos_id(model))
         info = {"dataset": dataset, "split": calibration_split(dataset, data_path), "nsamples": nsamples,
                 "seqlen": seqlen, "seed": seed}
     if ids is not None:
