@@ -18,7 +18,8 @@ from .allocate import Plan
 from .architectures import count_parameters, window_bos_id
 from .evaluate import PAPER_TASKS, perplexity, zero_shot
 from .methods import get_method, prune, resolve_options
-from .pipeline import COMPOSED, Composition, composition_from
+from .pipeline import COMPOSED, Composition, compose, composition_from
+from .progress import progress
 from .records import config_hash, run_once
 from .surgery import apply_plan
 
@@ -194,9 +195,6 @@ def grid_runs(settings: dict, targets: list[float]) -> list[dict]:
     """Every composition of the profile's grid (`settings["grid"]`: scores x allocations x compensations) at
     every target share of the model's parameters, one-shot on the calibration of the grid's named method,
     evaluated on WikiText-2 and C4 in the grid's dtype; the pruning records (experiment "grid")."""
-    from .pipeline import compose
-    from .progress import progress
-
     grid = settings["grid"]
     calibration = calibration_of(settings, grid["calibration"])
     cells = [(target, score, allocation, compensation) for target in targets for score in grid["scores"]
