@@ -191,6 +191,9 @@ def pruning_metrics(config: dict) -> tuple[dict, dict]:
     return metrics, timings
 
 
+GRID_ALSO = ("c4",)  # the grid's evaluation sets beside the profile's own (WikiText-2)
+
+
 def grid_runs(settings: dict, targets: list[float]) -> list[dict]:
     """Every composition of the profile's grid (`settings["grid"]`: scores x allocations x compensations) at
     every target share of the model's parameters, one-shot on the calibration of the grid's named method,
@@ -200,18 +203,18 @@ def grid_runs(settings: dict, targets: list[float]) -> list[dict]:
     cells = [(target, score, allocation, compensation) for target in targets for score in grid["scores"]
              for allocation in grid["allocations"] for compensation in grid["compensations"]]
     return [pruning_run(settings, compose(score, allocation, compensation), None, target_params=target,
-                        calibration=calibration, also=("c4",), experiment="grid", eval_dtype=grid["eval_dtype"])
+                        calibration=calibration, also=GRID_ALSO, experiment="grid", eval_dtype=grid["eval_dtype"])
             for target, score, allocation, compensation in progress(cells, "composition grid", unit="cell")]
 
 
 def grid_protocol_perplexities(settings: dict, record: dict) -> dict[str, dict]:
-    """{dataset: perplexity} of any pruning record on the grid's protocol (WikiText-2 test and C4 validation,
+    """{dataset: perplexity} of any pruning record on the grid's protocol (the profile's set and `GRID_ALSO`,
     the profile's windows, the grid's dtype): `perplexity_run` records, so the paper methods and the dense
     model compare with the grid on the same windows in the same dtype."""
     evaluation = evaluation_of(settings)
     return {dataset: perplexity_run(record, evaluation["seqlen"], evaluation["max_windows"], dataset,
                                     EVALUATION_SPLIT.get(dataset, "test"), dtype=settings["grid"]["eval_dtype"])
-            ["metrics"]["perplexity"] for dataset in ("wikitext2", "c4")}
+            ["metrics"]["perplexity"] for dataset in (evaluation["dataset"], *GRID_ALSO)}
 
 
 def rerun(record: dict) -> dict:
