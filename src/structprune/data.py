@@ -1,8 +1,8 @@
 """Text for calibration and evaluation, offline first.
 
 One resolution order for every dataset: an explicit `data_path` argument; else the folder named by
-$STRUCTPRUNE_DATA (default: `shared/data` beside the repository, when it exists); else the Hugging
-Face hub through `datasets.load_dataset` (for users with a network). When nothing is found the error
+$STRUCTPRUNE_DATA (default: `shared/data` beside the repository, else the folder `make data` fetched into
+~/.cache/structprune/data, `datafetch.default_data_dir`); else the Hugging Face hub through `datasets.load_dataset` (for users with a network). When nothing is found the error
 lists every place it looked.
 
 Row conventions follow the pruning papers' code:
@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import os
 import random
 from pathlib import Path
 
 import torch
 
-DATA_ENV = "STRUCTPRUNE_DATA"
+from .datafetch import DATA_ENV, default_data_dir  # noqa: F401  (one resolution order, stdlib-only)
+
 DATASETS = ("wikitext2", "ptb", "c4", "bookcorpus")
 
-# (dataset, split) -> file in the data folder (see shared/data/README.md for provenance).
+# (dataset, split) -> file in the data folder (docs/data.md: provenance, and how `make data` fetches it).
 LOCAL_FILES = {
     ("wikitext2", "test"): "wikitext2/wiki.test.raw",
     ("wikitext2", "validation"): "wikitext2/wiki.valid.raw",
@@ -51,17 +51,6 @@ HUB = {
     "bookcorpus": (("bookcorpus",), {}, "text"),
 }
 EVAL_JOIN = {"wikitext2": "\n\n", "ptb": "\n\n", "c4": " ", "bookcorpus": " "}
-
-
-def default_data_dir() -> Path | None:
-    """$STRUCTPRUNE_DATA, else `shared/data` beside the repository checkout when it exists."""
-    if os.environ.get(DATA_ENV):
-        return Path(os.environ[DATA_ENV]).expanduser()
-    repo = Path(__file__).resolve().parents[2]
-    for candidate in (repo.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"):
-        if candidate.is_dir():
-            return candidate
-    return None
 
 
 def _check_dataset(dataset: str) -> None:
@@ -107,7 +96,7 @@ def dataset_rows(dataset: str, split: str, data_path: str | Path | None = None) 
                                  f"or not the {dataset} data; restore it (see the data folder's README)") from None
         looked.append(str(path))
     if not folders:
-        looked.append(f"${DATA_ENV} (not set) and shared/data beside the repository (missing)")
+        looked.append(f"${DATA_ENV} (not set), shared/data beside the repository and ~/.cache/structprune/data (missing)")
     try:
         import datasets
 
@@ -118,7 +107,7 @@ def dataset_rows(dataset: str, split: str, data_path: str | Path | None = None) 
         looked.append(f"the Hugging Face hub ({type(error).__name__}: {str(error).splitlines()[0][:160]})")
     raise FileNotFoundError(
         f"no data for {dataset}/{split}. Looked in: " + "; ".join(looked)
-        + f". Set {DATA_ENV} to the data folder (see shared/data/README.md) or pass data_path."
+        + f". Run `make data` with a network, or set {DATA_ENV} to the data folder (docs/data.md), or pass data_path."
     )
 
 

@@ -1,4 +1,4 @@
-"""Loaders for the local copies of the seven zero-shot task sets (shared/data, see its README).
+"""Loaders for the local copies of the seven zero-shot task sets (the data folder, docs/data.md).
 
 Each returns a `datasets.DatasetDict` whose rows carry the Hugging Face field names the official lm-eval
 tasks read, so the task YAMLs beside this file can use the official prompts, choices and targets
@@ -20,7 +20,8 @@ def _folder(data_path: str | None = None) -> Path:
 
     folder = Path(data_path) if data_path else default_data_dir()
     if folder is None or not folder.is_dir():
-        raise FileNotFoundError(f"the zero-shot task files are not found: set {DATA_ENV} to the data folder")
+        raise FileNotFoundError(f"the zero-shot task files are not found: run `make data`, or set {DATA_ENV} to the "
+                                "data folder (docs/data.md)")
     return folder
 
 
@@ -35,7 +36,7 @@ def _require(rows: list[dict], fields: tuple[str, ...], source: Path) -> None:
         missing = [f for f in fields if f not in row]
         if missing:
             raise ValueError(f"{source}, row {number}: missing field(s) {', '.join(missing)}; "
-                             "the file is not the documented copy (check shared/data/SHA256SUMS)")
+                             "the file is not the documented copy (docs/data.md: `make data` fetches a verified one)")
 
 
 def _split(rows: list[dict], split: str) -> datasets.DatasetDict:
