@@ -18,7 +18,8 @@ import torch
 from structprune import load_pruned, prune, save_pruned
 from structprune.data import calibration_batches
 from structprune.models import load_model, tiny_llama
-from structprune.records import atomic_write_text, remove_orphans
+from structprune.records import atomic_write_text
+from structprune.staging import remove_orphans, staging_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,10 +103,10 @@ def test_orphaned_temporaries_of_killed_writers_are_removed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a process id that no longer runs
     folder = tmp_path / "runs"
-    folder.mkdir()
-    orphan_file = folder / f"abc.json.tmp-{dead.pid}-x1"
-    orphan_dir = folder / f"model.tmp-{dead.pid}-x2"
-    live = folder / f"abc.json.tmp-{os.getpid()}-x3"  # this process, still writing
+    staging = staging_dir(folder)
+    orphan_file = staging / f"abc.json.tmp-{dead.pid}-x1"
+    orphan_dir = staging / f"model.tmp-{dead.pid}-x2"
+    live = staging / f"abc.json.tmp-{os.getpid()}-x3"  # this process, still writing
     orphan_file.write_text("{partial")
     orphan_dir.mkdir()
     live.write_text("{")

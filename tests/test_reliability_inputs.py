@@ -4,6 +4,7 @@ with a message that says what to do, and nothing of the user's lost."""
 import copy
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 
 from structprune import cli, compose, load_pruned, prune, save_pruned
 from structprune.models import load_model, tiny_llama
+from structprune.staging import staging_dir
 from structprune.surgery import check_output
 
 
@@ -100,16 +102,17 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_checkpoint(tiny, tmp_pat
 
 def test_an_interrupted_overwrite_is_restored_or_cleaned_by_the_next_run(flap_checkpoint, tiny, recwarn):
     dead = 2**22 + 12345  # no such process
-    stranded = flap_checkpoint.with_name(f"{flap_checkpoint.name}.old-{dead}")
+    stranded = staging_dir(flap_checkpoint.parent) / f"{flap_checkpoint.name}.old-{dead}"
     os.replace(flap_checkpoint, stranded)  # as if killed between the two renames
+    check_output(flap_checkpoint, overwrite=False)  # without --overwrite a backup is left alone, and said
+    assert stranded.is_dir() and any("--overwrite to restore" in str(w.message) for w in recwarn.list)
     check_output(flap_checkpoint, overwrite=True)
     assert flap_checkpoint.is_dir() and not stranded.exists()
     assert any("restored" in str(w.message) for w in recwarn.list)
     load_pruned(flap_checkpoint)  # the old checkpoint, intact
-    stale = flap_checkpoint.with_name(f"{flap_checkpoint.name}.old-{dead}")
-    stale.mkdir()
-    check_output(flap_checkpoint, overwrite=True)
-    assert not stale.exists()
+    shutil.copytree(flap_checkpoint, staging_dir(flap_checkpoint.parent) / stranded.name)
+    check_output(flap_checkpoint, overwrite=True)  # a complete checkpoint is there: the backup is superseded
+    assert not stranded.exists() and flap_checkpoint.is_dir()
 
 
 @pytest.mark.parametrize(("option", "message"), [

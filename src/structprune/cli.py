@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 
 
@@ -45,12 +45,20 @@ def cmd_evaluate(args) -> int:
     from .methods import check_finite_weights
     from .models import load_model
     from .records import write_record
+    from .staging import check_file_output
 
-    if args.output and Path(args.output).exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output} exists: choose another --output, or pass --overwrite to replace it")
+    if args.output:
+        check_file_output(Path(args.output), args.overwrite)
+    if args.tasks is not None and not [t for t in args.tasks.split(",") if t.strip()]:
+        raise ValueError(f"--tasks {args.tasks!r} names no task: pass names separated by commas, e.g. "
+                         "--tasks boolq,piqa (`structprune evaluate --help` lists them)")
     if not (args.perplexity or args.tasks or args.speed):
         raise ValueError("nothing to evaluate: pass --perplexity wikitext2 (or ptb, c4), --tasks boolq,... "
                          "and/or --speed")
+    if args.engine != "pytorch" and not args.speed:
+        raise ValueError(f"--engine {args.engine} chooses where --speed is timed: add --speed, or drop --engine")
+    if args.limit is not None and not args.tasks:
+        raise ValueError("--limit sets the documents per zero-shot task: add --tasks, or drop --limit")
     if streaming_chosen(args):
         return evaluate_streamed(args)
     start = time.perf_counter()
@@ -132,13 +140,22 @@ def evaluate_streamed(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_gguf
-    from .models import load_model
+    from .export import export_gguf, export_size
+    from .methods import check_finite_weights
+    from .models import check_local_folder, load_model, resolve_model_spec
+    from .staging import check_file_output, check_free_space
 
     output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise FileExistsError(f"{output} exists: choose another --output, or pass --overwrite to replace it")
+    if output.suffix != ".gguf":
+        raise ValueError(f"the output file must end in .gguf, got {output}")
+    check_file_output(output, args.overwrite)  # before loading: a bad destination fails in a second
+    kind, where = resolve_model_spec(args.checkpoint)
+    if kind == "local":
+        check_local_folder(Path(where))  # complete weights; a pruned checkpoint's config and sidecar unedited
+    if kind != "hub":  # the tensors are on this machine: room for the file is known before loading
+        check_free_space(output, export_size(Path(where), args.dtype))
     model, tokenizer = load_model(args.checkpoint, dtype="float32", device="cpu")
+    check_finite_weights(model)
     summary = export_gguf(model, tokenizer, output, args.dtype)
     heads = [layer["heads"] for layer in summary["layers"]]
     channels = [layer["channels"] for layer in summary["layers"]]
@@ -146,11 +163,17 @@ def cmd_export(args) -> int:
     print(f"query heads per layer {heads}; MLP channels per layer {channels}")
     if args.check:
         from .evaluate import evaluation_ids
-        from .llamacpp import parity
+        from .llamacpp import EngineError, parity
 
         ids = evaluation_ids(tokenizer, "wikitext2", "test")
         texts = [ids[start:start + 72].tolist() for start in range(0, 4 * 997, 997)]
-        result = parity(model, output, texts, first=9)
+        try:
+            result = parity(model, output, texts, first=9)
+        except EngineError:
+            raise
+        except Exception as error:  # an answer the comparison cannot read: said, never a traceback
+            raise EngineError(f"--check could not compare {output} with PyTorch ({type(error).__name__}: {error}); "
+                              "the file was written; run it in llama.cpp yourself to see what it computes") from None
         print(f"parity with PyTorch over {result['positions']} WikiText-2 positions (f32 KV cache): top-1 agreement "
               f"{result['top1_agreement']:.4f} ({result['near_ties']} near-ties apart), largest top-{result['top_k']} "
               f"log-prob difference {result['max_logprob_difference']:.2e}")
@@ -205,7 +228,7 @@ def cmd_prune(args) -> int:
     from .methods import prune, prune_streamed
     from .models import describe_model, load_model, local_tokenizer, resolve_device_dtype, resolve_model_spec
     from .records import environment, write_record
-    from .surgery import check_output, save_pruned
+    from .surgery import CHECKPOINT_TOKEN, check_output, save_pruned
 
     options = _parse_options(args.option)
     if "target_params" in options:
@@ -238,46 +261,63 @@ def cmd_prune(args) -> int:
     config = {"command": "prune", "model": source, "method": None, "ratio": args.ratio,
               "target_params": args.target_params, "options": None, "calibration": None, "seed": args.seed,
               "dtype": dtype_name, "recover": args.recover, "output": str(output.resolve())}
+    # The checkpoint and its record name one token: a checkpoint whose token no record names was left by a run
+    # killed between the two, and the next run replaces it (surgery.is_orphan).
+    token = uuid.uuid4().hex
+    written: dict = {}
+
+    def write_the_record(result, metrics: dict) -> None:
+        """Run while the new checkpoint is in place and a replaced one still kept: a failure restores it."""
+        try:
+            written["path"] = write_record("prune", config, metrics, {"prune_seconds": result.seconds},
+                                           extra={"checkpoint": str(args.output), CHECKPOINT_TOKEN: token})
+        except OSError as error:
+            kept = " (the checkpoint it was to replace is back in place)" if args.overwrite else ""
+            raise OSError(f"the run record could not be written ({error.strerror or error}), so the new checkpoint "
+                          f"{output} was not kept{kept}: free space or fix the results folder, then run again") from None
+
+    def streamed_commit(result) -> None:  # the checkpoint is in place: score it layer by layer, then record
+        config.update(method=result.method, options=result.options, calibration=result.calibration)
+        metrics = {"params_before": result.params_before, "params_after": result.params_after,
+                   "peak_memory": result.peak_memory, "plan": result.plan.summary(),
+                   **_streamed_perplexities(output, local_tokenizer(Path(where)), args.perplexity, args.eval_seqlen,
+                                            args.max_windows, args.batch_size, dtype, device)}
+        written["metrics"] = metrics
+        write_the_record(result, metrics)
+
     if streamed:
         config["streamed"] = True
         result = prune_streamed(args.model, output, method, args.ratio, calibration=args.calibration,
                                 nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
                                 target_params=args.target_params, dtype=dtype, device=device,
-                                overwrite=args.overwrite, provenance=config, **options)
-        config.update(method=result.method, options=result.options, calibration=result.calibration)
-        tokenizer = local_tokenizer(Path(where))
+                                overwrite=args.overwrite, provenance={**config, CHECKPOINT_TOKEN: token},
+                                before_commit=streamed_commit, **options)
+        metrics = written["metrics"]
     else:
         result = prune(model, method, args.ratio, calibration=args.calibration, tokenizer=tokenizer,
                        nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, target_params=args.target_params,
                        **options)
         config.update(method=result.method, options=result.options, calibration=result.calibration)
-    recovery = None
-    if args.recover == "lora":
-        from .recovery import lora_recover
+        recovery = None
+        if args.recover == "lora":
+            from .recovery import lora_recover
 
-        recovery = lora_recover(model, tokenizer, max_steps=args.recover_steps, lr=args.recover_lr, seed=args.seed)
-        config["recovery_options"] = recovery["options"]
-    metrics = {"params_before": result.params_before, "params_after": result.params_after,
-               "peak_memory": result.peak_memory, "plan": result.plan.summary()}
-    if recovery is not None:
-        metrics["recovery_loss_curve"] = recovery["loss_curve"]
-    if streamed:  # the checkpoint is written: score it layer by layer too
-        metrics.update(_streamed_perplexities(output, tokenizer, args.perplexity, args.eval_seqlen, args.max_windows,
-                                              args.batch_size, dtype, device))
-    else:
+            # LoRA needs a seed: the calibration seed when given, else 0 (said in the record's config).
+            seed = args.seed if args.seed is not None else 0
+            recovery = lora_recover(model, tokenizer, max_steps=args.recover_steps, lr=args.recover_lr, seed=seed)
+            config["recovery_options"] = {**recovery["options"], "seed": seed}
+        metrics = {"params_before": result.params_before, "params_after": result.params_after,
+                   "peak_memory": result.peak_memory, "plan": result.plan.summary()}
+        if recovery is not None:
+            metrics["recovery_loss_curve"] = recovery["loss_curve"]
         metrics.update(_perplexities(model, tokenizer, args.perplexity, args.eval_seqlen, args.max_windows,
                                      args.batch_size))
         provenance = {**config, "label": result.label, "recovery": recovery, "params_before": result.params_before,
-                      "params_after": result.params_after, "plan": result.plan.to_dict()}
+                      "params_after": result.params_after, "plan": result.plan.to_dict(), CHECKPOINT_TOKEN: token}
         provenance.update(environment())
-        save_pruned(model, tokenizer, output, provenance, overwrite=args.overwrite)
-    try:  # a checkpoint and its record: both, or neither
-        path = write_record("prune", config, metrics, {"prune_seconds": result.seconds},
-                            extra={"checkpoint": str(args.output)})
-    except OSError as error:
-        shutil.rmtree(output, ignore_errors=True)
-        raise OSError(f"the run record could not be written ({error.strerror or error}), so the checkpoint "
-                      f"{output} was removed too: free space or fix the results folder, then run again") from None
+        save_pruned(model, tokenizer, output, provenance, overwrite=args.overwrite,
+                    before_commit=lambda: write_the_record(result, metrics))
+    path = written["path"]
     print(f"{result.label} ratio {result.ratio:.4g}: {result.params_before:,} -> {result.params_after:,} parameters "
           f"in {result.seconds:.1f} s{' (streamed, one layer resident)' if streamed else ''}")
     for name, value in metrics.items():
@@ -289,14 +329,9 @@ def cmd_prune(args) -> int:
 
 def check_free_space(output: Path, model) -> None:
     """Refuse a destination without room for the pruned checkpoint (at most the dense model's weights)."""
-    parent = output.parent
-    while not parent.exists():
-        parent = parent.parent
-    need = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
-    free = shutil.disk_usage(parent).free
-    if free < need:
-        raise OSError(f"{parent} has {free / 2**20:,.0f} MiB free; the checkpoint needs up to {need / 2**20:,.0f} MiB: "
-                      "free space or choose another --output")
+    from .staging import check_free_space as check_room
+
+    check_room(output, sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values()))
 
 
 def cmd_methods(args) -> int:
@@ -342,6 +377,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+MAX_DOCUMENTS = 10**9  # far more than any task holds; beyond it the count is a typo, not a limit
+
+
+def document_count(text: str) -> int:
+    """argparse type: a whole number of documents, 1 to MAX_DOCUMENTS."""
+    value = positive_int(text)
+    if value > MAX_DOCUMENTS:
+        raise argparse.ArgumentTypeError(f"{value} is more documents than any task holds: omit --limit to use "
+                                         "every document")
+    return value
+
+
 def seed_int(text: str) -> int:
     try:
         value = int(text)
@@ -371,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--perplexity", default=None, help="comma-separated: wikitext2, ptb, c4")
     ev.add_argument("--tasks", default=None,
                     help="zero-shot tasks, comma-separated: boolq,piqa,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa")
-    ev.add_argument("--limit", type=positive_int, default=None, help="zero-shot: the first N documents of each task")
+    ev.add_argument("--limit", type=document_count, default=None,
+                    help="zero-shot: the first N documents of each task")
     ev.add_argument("--task-source", default="auto", help="auto | local (data folder) | official (lm-eval's, hub data)")
     ev.add_argument("--seqlen", type=positive_int, default=128, help="window length (papers: 128 FLAP/LLM-Pruner, 2048 Wanda)")
     ev.add_argument("--speed", action="store_true",

@@ -28,15 +28,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .architectures import adapter_for, attention_of, decoder_layers, head_dim, mlp_of, model_type_of
-from .records import remove_orphans, temporary_prefix
-from .surgery import current_umask
+from .staging import remove_orphans, temporary_file, tidy
 
 GGUF_DTYPES = ("f32", "f16", "q8_0")
 Q8_0_BLOCK = 32  # q8_0 quantises rows in blocks of 32 values; other row lengths are written as f16
@@ -62,6 +60,23 @@ def vocabulary_digest(tokenizer) -> str:
     vocab = sorted(model["vocab"].items(), key=lambda item: item[1])
     merges = [" ".join(m) if isinstance(m, list) else m for m in model.get("merges", [])]
     return hashlib.sha256(json.dumps([vocab, merges]).encode()).hexdigest()[:16]
+
+
+GGUF_BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32}  # q8_0: 32 int8 weights and an f16 scale
+
+
+def export_size(where: Path, dtype: str) -> int:
+    """An upper bound on the GGUF file of the checkpoint in `where` (its tensors' elements, from the safetensors
+    headers, at `dtype`; norms and unquantisable tensors stay f32, so 4 bytes for each of them), plus 64 MiB for
+    the tokenizer and metadata."""
+    from .models import safetensors_header, weight_files
+
+    if dtype not in GGUF_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(GGUF_DTYPES)}, got {dtype!r}")
+    elements = [int(np.prod(entry["shape"])) for name in weight_files(where)
+                for entry in safetensors_header(where / name).values()]
+    small = sum(n for n in elements if n < 1 << 16)
+    return int((sum(elements) - small) * GGUF_BYTES_PER_WEIGHT[dtype] + 4 * small) + (64 << 20)
 
 
 def _check_exportable(model) -> None:
@@ -202,8 +217,7 @@ def export_gguf(model, tokenizer, output: str | Path, dtype: str = "f32") -> dic
     per_layer = [layer_tensors(model, i) for i in range(len(layers))]
     output.parent.mkdir(parents=True, exist_ok=True)
     remove_orphans(output.parent)  # what a killed export left behind
-    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(output.name), dir=output.parent)
-    os.close(fd)
+    tmp = str(temporary_file(output))
     written: dict[str, int] = {}
     try:
         writer = gguf.GGUFWriter(tmp, "deci")
@@ -237,10 +251,10 @@ def export_gguf(model, tokenizer, output: str | Path, dtype: str = "f32") -> dic
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, output)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        tidy(output.parent)
     return {"path": str(output), "dtype": dtype, "tensor_types": written,
             "layers": [w for _, w in per_layer]}

@@ -18,11 +18,14 @@ import os
 import shutil
 import socket
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .staging import locked
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM
@@ -256,8 +259,17 @@ def load_model(spec: str = "embedded", dtype: torch.dtype | str | None = None, d
     if device == "auto":
         kwargs["device_map"] = "auto"
     if kind == "local":
-        check_local_weights(Path(where))
-    model, info = AutoModelForCausalLM.from_pretrained(where, output_loading_info=True, **kwargs)
+        check_local_folder(Path(where))
+    with locked(Path(where), shared=True) if kind == "local" else nullcontext():  # never half of two versions
+        try:
+            model, info = AutoModelForCausalLM.from_pretrained(where, output_loading_info=True, **kwargs)
+        except (RuntimeError, AttributeError, KeyError, TypeError) as error:
+            if kind != "local":
+                raise
+            first = str(error).strip().splitlines()[0][:240] if str(error).strip() else type(error).__name__
+            raise ValueError(f"{where} could not be loaded: its config.json does not describe its weights "
+                             f"({type(error).__name__}: {first}). Restore the checkpoint's original config.json "
+                             "or save it again") from None
     if kind in ("local", "embedded", "tiny"):
         refuse_partial_load(where, info)
     if device != "auto":
@@ -324,6 +336,27 @@ def safetensors_header(path: Path) -> dict:
     if 8 + length + end > size:
         raise ValueError(f"{path} is truncated: its tensors need {8 + length + end:,} bytes, the file has {size:,}")
     return tensors
+
+
+def check_local_folder(where: Path) -> None:
+    """Refuse, before loading, a local folder whose weights are incomplete, or a structprune checkpoint whose
+    config or provenance was edited or damaged (per-layer widths, model_type, pruning.json)."""
+    from .surgery import SIDECAR, check_checkpoint, read_sidecar
+
+    check_local_weights(where)
+    if not (where / SIDECAR).is_file():
+        return
+    read_sidecar(where)  # valid JSON, or an error naming the file
+    try:
+        model_type = json.loads((where / "config.json").read_text()).get("model_type", "")
+    except (ValueError, AttributeError) as error:
+        raise ValueError(f"{where / 'config.json'} is not a JSON object ({error}): restore the checkpoint's "
+                         "config.json or save it again") from None
+    if not str(model_type).startswith("structpruned_"):
+        raise ValueError(f"{where} holds structprune's {SIDECAR} but config.json names model_type {model_type!r}: "
+                         "a pruned checkpoint's model_type is structpruned_<family>; restore the original "
+                         "config.json (the edited one cannot describe the pruned widths)")
+    check_checkpoint(where)
 
 
 def check_local_weights(where: Path) -> None:

@@ -11,15 +11,15 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from .staging import remove_orphans, temporary_file, tidy
 
 RESULTS_ENV = "STRUCTPRUNE_RESULTS"
 # When set, every run_once appends a JSON line {experiment, run_id, computed} to this file: which records a
@@ -85,56 +85,22 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def temporary_prefix(name: str) -> str:
-    """Prefix of a writer's temporary sibling of `name`: it carries the writer's process id, so that
-    `remove_orphans` can tell a temporary of a killed run from one being written right now (make -j)."""
-    return f"{name}.tmp-{os.getpid()}-"
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_orphans(folder: Path) -> list[Path]:
-    """Delete the temporaries that killed writers left in `folder` (their process no longer runs)."""
-    removed = []
-    for path in Path(folder).glob("*.tmp-*"):
-        try:
-            pid = int(path.name.rsplit(".tmp-", 1)[1].split("-", 1)[0])
-        except (IndexError, ValueError):
-            continue
-        if pid == os.getpid() or _running(pid):
-            continue
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
-
-
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write `path` whole or not at all: a temporary in the folder's staging folder, fsync, rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_orphans(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path.name), dir=path.parent)
+    tmp = temporary_file(path)
     try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.fchmod(fd, 0o666 & ~mask)  # mkstemp makes 0600: give the file the user's umask, as open() would
-        with os.fdopen(fd, "w") as handle:
+        with open(tmp, "w") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    finally:
+        tidy(path.parent)
 
 
 def write_record(experiment: str, config: dict, metrics: dict, timings: dict | None = None,

@@ -8,13 +8,13 @@ live as data in results/paper/*.csv with the source of each row; nothing here ty
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from .evaluate import PAPER_METRIC, PAPER_TASKS, average_stderr
-from .records import atomic_write_text, remove_orphans, results_dir, temporary_prefix
+from .records import atomic_write_text, results_dir
+from .staging import remove_orphans, temporary_file, tidy
 
 TASK_NAMES = {"boolq": "BoolQ", "piqa": "PIQA", "hellaswag": "HellaSwag", "winogrande": "WinoGrande",
               "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "openbookqa": "OBQA"}
@@ -80,12 +80,12 @@ def save_figure(fig, name: str) -> dict[str, Path]:
     paths = {}
     for ext in ("png", "pdf"):
         path = folder / f"{name}.{ext}"
-        handle, tmp = tempfile.mkstemp(dir=folder, prefix=temporary_prefix(path.name), suffix=f".{ext}")
-        os.close(handle)
+        tmp = temporary_file(path, suffix=f".{ext}")
         fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf"
                     else None)
         os.replace(tmp, path)
         paths[ext] = path
+    tidy(folder)
     return paths
 
 

@@ -30,9 +30,8 @@ import errno
 import json
 import os
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager
@@ -150,21 +149,16 @@ class CheckpointWriter:
     `finish` (see the module docstring)."""
 
     def __init__(self, path: str | Path, overwrite: bool = False, expected_bytes: int = 0):
-        from .records import remove_orphans, temporary_prefix
-        from .surgery import check_output, current_umask
+        from .staging import check_free_space, remove_orphans, temporary_dir
+        from .surgery import check_output
 
         self.path = Path(path)
         check_output(self.path, overwrite)
         self.overwrite = overwrite
         self.path.parent.mkdir(parents=True, exist_ok=True)
         remove_orphans(self.path.parent)  # what an interrupted run left behind
-        free = shutil.disk_usage(self.path.parent).free
-        if expected_bytes > free:
-            raise OSError(errno.ENOSPC, f"{self.path.parent} has {free / 2**30:.1f} GiB free, and the pruned "
-                          f"checkpoint needs up to {expected_bytes / 2**30:.1f} GiB: free space or choose another "
-                          "--output")
-        self.tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(self.path.name), dir=self.path.parent))
-        os.chmod(self.tmp, 0o777 & ~current_umask())
+        check_free_space(self.path, expected_bytes)
+        self.tmp = temporary_dir(self.path)
         self.weight_map: dict[str, str] = {}
         self.total_bytes = 0
         # One shard is written in the background while the next layer is read and cut (the disk and the CPU
@@ -205,9 +199,12 @@ class CheckpointWriter:
                 self.abort()
                 raise
 
-    def finish(self, model: nn.Module, tokenizer, provenance: dict) -> Path:
-        """Write the index, config, tokenizer, modeling file and provenance; rename into place."""
+    def finish(self, model: nn.Module, tokenizer, provenance: dict,
+               before_commit: Callable[[], object] | None = None) -> Path:
+        """Write the index, config, tokenizer, modeling file and provenance; rename into place
+        (`surgery.install_checkpoint`: before_commit runs before a replaced checkpoint is deleted)."""
         from . import pruned_modeling
+        from .staging import tidy
         from .surgery import MODELING_FILE, SIDECAR, install_checkpoint
 
         self.wait()
@@ -221,16 +218,23 @@ class CheckpointWriter:
             tokenizer.save_pretrained(self.tmp)
         shutil.copyfile(pruned_modeling.__file__, self.tmp / MODELING_FILE)
         (self.tmp / SIDECAR).write_text(json.dumps(provenance, indent=2, default=str) + "\n")
-        install_checkpoint(self.tmp, self.path)
+        try:
+            install_checkpoint(self.tmp, self.path, self.overwrite, before_commit)
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            tidy(self.path.parent)
         return self.path
 
     def abort(self) -> None:
         """Remove the temporary folder (after any write in flight)."""
+        from .staging import tidy
+
         writing, self._writing = self._writing, None
         if writing is not None:
             wait_futures([writing])
         self._executor.shutdown()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        tidy(self.path.parent)
 
 
 def shard_name(number: int, total: int) -> str:

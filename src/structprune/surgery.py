@@ -7,8 +7,8 @@ where a plan has one. After surgery the model is an instance of the pruned model
 (`pruned_modeling.py`), whose config records every layer's widths; saving and reloading give identical
 logits.
 
-Checkpoint format (a save_pretrained-style directory, written to a temporary sibling and renamed into
-place, so it is never half-written): model.safetensors, config.json (model_type `structpruned_<family>`,
+Checkpoint format (a save_pretrained-style directory, written in the folder's staging folder and renamed into
+place under a lock, so it is never half-written and two writers never both win; `staging.py`): model.safetensors, config.json (model_type `structpruned_<family>`,
 `layer_shapes`, `auto_map`, and transformers' own `per_layer_config` where that schema can hold the shapes),
 modeling_structpruned.py, tokenizer files, and pruning.json (provenance).
 """
@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -36,7 +37,16 @@ from .architectures import (
     queries_per_group,
     value_head_dim,
 )
-from .records import remove_orphans, temporary_prefix
+from .staging import (
+    STAGING,
+    backup_path,
+    locked,
+    remove_orphans,
+    remove_tree,
+    stranded_backups,
+    temporary_dir,
+    tidy,
+)
 
 # pruned_modeling (the pruned model classes) imports transformers' modeling code, which costs seconds; it is
 # imported where a model is cut or saved, so reading records and building configs stays fast.
@@ -314,8 +324,12 @@ def apply_plan(model, plan: Plan, calibration: torch.Tensor | None = None):
     return finalize_pruned(model)
 
 
-def save_pruned(model, tokenizer, path: str | Path, provenance: dict | None = None, overwrite: bool = False) -> Path:
-    """Save a pruned model as a checkpoint directory, atomically (see the module docstring)."""
+def save_pruned(model, tokenizer, path: str | Path, provenance: dict | None = None, overwrite: bool = False,
+                before_commit: Callable[[], object] | None = None) -> Path:
+    """Save a pruned model as a checkpoint directory, atomically (see the module docstring).
+
+    before_commit: runs once the new checkpoint is in place and before a replaced one is deleted (the run's
+    record, say); if it fails, the new checkpoint is removed and the replaced one restored."""
     from . import pruned_modeling
     from .pruned_modeling import PRUNED_CLASSES
 
@@ -325,40 +339,65 @@ def save_pruned(model, tokenizer, path: str | Path, provenance: dict | None = No
         model = finalize_pruned(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_orphans(path.parent)  # what a killed save left behind
-    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(path.name), dir=path.parent))
+    tmp = temporary_dir(path)
     try:
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: give the checkpoint the user's umask
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         shutil.copyfile(pruned_modeling.__file__, tmp / MODELING_FILE)
         (tmp / SIDECAR).write_text(json.dumps(provenance or {}, indent=2, default=str) + "\n")
-        install_checkpoint(tmp, path)
+        install_checkpoint(tmp, path, overwrite, before_commit)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
+        tidy(path.parent)
     return path
 
 
-def install_checkpoint(tmp: Path, path: Path) -> None:
-    """Move a finished checkpoint folder `tmp` to `path`, replacing a checkpoint there (checked by
-    `check_output`). Two renames: a crash between them leaves <path>.old-<pid>, which the next save restores
-    (`recover_stranded`), so the old checkpoint is never lost."""
-    if path.exists():
-        old = path.with_name(path.name + f"{OLD_MARK}{os.getpid()}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+def install_checkpoint(tmp: Path, path: Path, overwrite: bool = False,
+                       before_commit: Callable[[], object] | None = None) -> None:
+    """Move a finished checkpoint folder `tmp` to `path`, under `path`'s lock, so two writers never both win.
+
+    Without `overwrite`, an output that appeared meanwhile is never replaced (the loser fails); only a checkpoint
+    left without its record by a killed run is. A replaced checkpoint waits in the staging folder until the new
+    one is in place and `before_commit` succeeded; any failure in between restores it."""
+    with locked(path):
+        backup = None
+        if path.exists() or path.is_symlink():
+            orphan = is_orphan(path)
+            if not overwrite and not orphan:
+                raise FileExistsError(f"{path} appeared while this run was writing it (another run wrote it first): "
+                                      "nothing was replaced; choose another --output, or pass --overwrite")
+            if not is_checkpoint(path):
+                raise FileExistsError(f"{path} is not a structprune checkpoint: --overwrite only replaces a pruned "
+                                      "checkpoint; choose another --output")
+            backup = backup_path(path)
+            os.replace(path, backup)
+        try:
+            os.replace(tmp, path)
+            if before_commit is not None:
+                before_commit()
+        except BaseException:  # the new checkpoint goes, the one it replaced comes back
+            if path.exists() and not tmp.exists():
+                remove_tree(path)
+            if backup is not None:
+                os.replace(backup, path)
+            raise
+        if backup is not None:
+            remove_tree(backup)
 
 
-OLD_MARK = ".old-"
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def read_sidecar(path: Path) -> dict:
+    """A checkpoint's provenance (pruning.json); a clear error, naming the file, when it is not JSON."""
+    sidecar = Path(path) / SIDECAR
+    try:
+        value = json.loads(sidecar.read_text())
+    except ValueError as error:
+        raise ValueError(f"{sidecar} is not valid JSON ({error}): the checkpoint's provenance is damaged; restore "
+                         "the file or re-run the pruning") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{sidecar} holds a {type(value).__name__}, not the provenance object structprune writes: "
+                         "restore the file or re-run the pruning")
+    return value
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -367,56 +406,92 @@ def is_checkpoint(path: Path) -> bool:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    return (path / SIDECAR).is_file() and str(config.get("model_type", "")).startswith("structpruned_")
+    return (isinstance(config, dict) and (path / SIDECAR).is_file()
+            and str(config.get("model_type", "")).startswith("structpruned_"))
+
+
+CHECKPOINT_TOKEN = "checkpoint_token"
+
+
+def is_orphan(path: Path) -> bool:
+    """A checkpoint written by `structprune prune` whose run record was never written (the run was killed
+    between the two): its sidecar's token is named by no prune record."""
+    from .records import results_dir
+
+    if not is_checkpoint(path):
+        return False
+    try:
+        token = read_sidecar(path).get(CHECKPOINT_TOKEN)
+    except (OSError, ValueError):
+        return False
+    if not token:
+        return False  # saved by the library, not by a run that writes a record
+    for record in (results_dir() / "runs" / "prune").glob("*.json"):
+        try:
+            if json.loads(record.read_text()).get(CHECKPOINT_TOKEN) == token:
+                return False
+        except (OSError, ValueError):
+            continue
+    return True
 
 
 def recover_stranded(path: Path) -> list[str]:
-    """Finish a replacement of `path` that a crash interrupted: a stranded `<path>.old-<pid>` of a process that
-    no longer runs is restored when `path` is missing, and removed when `path` is there. What was done."""
-    from .records import _running
-
+    """Finish replacements of `path` that a killed overwrite left half-done (only under --overwrite): a stranded
+    backup that is a real structprune checkpoint is restored when `path` is missing or holds a checkpoint
+    without its record, and removed when `path` holds a complete one. What was done."""
     done = []
-    for old in sorted(path.parent.glob(f"{path.name}{OLD_MARK}*")):
-        try:
-            pid = int(old.name.rsplit(OLD_MARK, 1)[1])
-        except ValueError:
+    for backup in reversed(stranded_backups(path)):  # the newest first
+        if not is_checkpoint(backup):
             continue
-        if pid == os.getpid() or _running(pid):
-            continue
-        if not path.exists() and is_checkpoint(old):
-            os.replace(old, path)
-            done.append(f"restored {path} from {old.name}, left by an interrupted overwrite")
-        else:
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
-            done.append(f"removed {old.name}, left by an interrupted overwrite")
+        with locked(path):
+            if not backup.exists():
+                continue
+            if not path.exists() or is_orphan(path):
+                if path.exists():
+                    remove_tree(path)
+                os.replace(backup, path)
+                done.append(f"restored {path} from the backup an interrupted overwrite left")
+            else:
+                remove_tree(backup)
+                done.append(f"removed the backup of {path} that an interrupted overwrite left (superseded)")
+    tidy(path.parent)
     return done
 
 
 def check_output(path: Path, overwrite: bool) -> None:
     """Refuse, before any work, a checkpoint destination that cannot be written: an existing path without
-    --overwrite, anything but a structprune checkpoint with it, a folder that cannot be written."""
+    --overwrite (unless it is a checkpoint a killed run left without its record), anything but a structprune
+    checkpoint with it, a folder that cannot be written. Acts on stranded backups only once it accepts."""
     import warnings
 
     path = Path(path)
-    for message in recover_stranded(path) if path.parent.is_dir() else []:
-        warnings.warn(message, stacklevel=2)
     if path.exists() or path.is_symlink():
-        if not overwrite:
+        orphan = is_orphan(path)
+        if not overwrite and not orphan:
             raise FileExistsError(f"{path} exists: choose another --output, or pass --overwrite (overwrite=True) "
                                   "to replace the checkpoint there")
         if not path.is_dir() or not is_checkpoint(path):
             raise FileExistsError(f"{path} is not a structprune checkpoint (no {SIDECAR} and pruned config.json): "
                                   "--overwrite only replaces a pruned checkpoint; choose another --output")
+        if orphan and not overwrite:
+            warnings.warn(f"{path} holds a checkpoint that a killed run left without its record: this run replaces "
+                          "it", stacklevel=2)
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write {path}: {parent} is not a writable folder; choose another --output")
     try:
-        probe = Path(tempfile.mkdtemp(prefix=temporary_prefix(path.name), dir=parent))
+        probe = Path(tempfile.mkdtemp(prefix=".structprune-probe-", dir=parent))
         probe.rmdir()
     except OSError as error:
         raise PermissionError(f"cannot write {path}: {error.strerror} in {parent}; choose another --output") from None
+    if overwrite and path.parent.is_dir():
+        for message in recover_stranded(path):
+            warnings.warn(message, stacklevel=2)
+    elif stranded_backups(path):
+        warnings.warn(f"a checkpoint that an interrupted overwrite of {path} replaced waits in "
+                      f"{path.parent / STAGING}; run with --overwrite to restore or discard it", stacklevel=2)
 
 
 def check_checkpoint(path: str | Path) -> None:
@@ -465,7 +540,6 @@ def load_pruned(path: str | Path, dtype: torch.dtype | None = None, device: str 
         raise ValueError(f"{path} holds a {model_type!r} model, not a structprune pruned checkpoint")
     if not (path / SIDECAR).is_file():
         raise FileNotFoundError(f"{path}/{SIDECAR} is missing: the checkpoint's provenance is lost; re-run the pruning")
-    check_checkpoint(path)
-    from .models import load_model
+    from .models import load_model  # checks the folder (`models.check_local_folder`) before it loads
 
     return load_model(str(path), dtype=dtype, device=device)

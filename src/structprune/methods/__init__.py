@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -201,11 +202,14 @@ def prune_streamed(model_dir: str, output: str, method: str | Composition, ratio
                    calibration: torch.Tensor | str | None = None, nsamples: int | None = None,
                    seqlen: int | None = None, seed: int | None = None, data_path=None,
                    target_params: float | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu",
-                   overwrite: bool = False, provenance: dict | None = None, **options) -> PruneResult:
+                   overwrite: bool = False, provenance: dict | None = None,
+                   before_commit: Callable[[PruneResult], object] | None = None, **options) -> PruneResult:
     """`prune` a local safetensors checkpoint (a folder, `embedded`, `tiny-smollm2`) that need not fit in
     memory: one decoder layer's weights resident at a time, the pruned checkpoint written layer by layer to
     `output` and renamed into place at the end (`streaming`). The same plan and weights as pruning in memory.
-    The result's model is the skeleton (its decoder layers on the meta device): reload `output` to use it."""
+    The result's model is the skeleton (its decoder layers on the meta device): reload `output` to use it.
+    before_commit(result) runs once the checkpoint is in place, before a checkpoint it replaces is deleted; if it
+    fails, the replaced checkpoint is restored (`surgery.install_checkpoint`)."""
     from ..models import local_tokenizer
     from ..records import environment
     from ..streaming import local_checkpoint, open_stream
@@ -222,7 +226,8 @@ def prune_streamed(model_dir: str, output: str, method: str | Composition, ratio
                   "method": result.method, "options": result.options, "calibration": result.calibration,
                   "streamed": True, "label": result.label, "params_before": result.params_before,
                   "params_after": result.params_after, "plan": result.plan.to_dict(), **environment()}
-        stream.writer.finish(stream.model, tokenizer, record)
+        stream.writer.finish(stream.model, tokenizer, record,
+                             None if before_commit is None else lambda: before_commit(result))
     except BaseException:
         stream.writer.abort()
         raise
