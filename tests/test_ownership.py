@@ -296,7 +296,11 @@ def test_an_edited_checkpoint_is_a_clear_error_for_evaluate_and_export(dense_dir
     (["--tasks", "boolq", "--limit", "100000000000000000000"], "more documents than any task holds"),
     (["--tasks", "boolq", "--limit", "1e20"], "is not a whole number"),
     (["--perplexity", "wikitext2", "--engine", "llama.cpp"], "--engine llama.cpp chooses where --speed is timed"),
-    (["--perplexity", "wikitext2", "--limit", "5"], "--limit sets the documents per zero-shot task"),
+    (["--perplexity", "wikitext2", "--limit", "5"], "--limit only applies with --tasks"),
+    (["--perplexity", "wikitext2", "--repeats", "5"], "--repeats only applies with --speed"),
+    (["--perplexity", "wikitext2", "--threads", "2"], "--threads only applies with --speed"),
+    (["--speed", "--gguf-dtype", "q8_0"], "--gguf-dtype only applies with --engine llama.cpp"),
+    (["--tasks", "boolq", "--max-windows", "4"], "--max-windows only applies with --perplexity"),
 ])
 def test_options_that_say_nothing_or_too_much_are_refused_at_once(argv, message, capsys, monkeypatch):
     from structprune import models
@@ -304,6 +308,17 @@ def test_options_that_say_nothing_or_too_much_are_refused_at_once(argv, message,
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("loaded a model before the refusal"))
     code, err = run_cli(capsys, "evaluate", "--model", "tiny-smollm2", *argv)
     assert code == 2 and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--recover-steps", "5"], "--recover-steps only applies with --recover lora"),
+    (["--recover-lr", "0.1"], "--recover-lr only applies with --recover lora"),
+    (["--eval-seqlen", "64"], "--eval-seqlen only applies with --perplexity"),
+    (["--max-windows", "4"], "--max-windows only applies with --perplexity"),
+])
+def test_prune_options_that_would_be_ignored_are_refused(argv, message, dense_dir, tmp_path, capsys):
+    code, err = run_cli(capsys, *_prune(dense_dir, tmp_path / "ck", *argv))
+    assert code == 2 and message in err and not (tmp_path / "ck").exists()
 
 
 def test_lora_recovery_without_a_seed_uses_seed_zero(dense_dir, tmp_path, capsys, monkeypatch):

@@ -57,8 +57,6 @@ def cmd_evaluate(args) -> int:
                          "and/or --speed")
     if args.engine != "pytorch" and not args.speed:
         raise ValueError(f"--engine {args.engine} chooses where --speed is timed: add --speed, or drop --engine")
-    if args.limit is not None and not args.tasks:
-        raise ValueError("--limit sets the documents per zero-shot task: add --tasks, or drop --limit")
     if streaming_chosen(args):
         return evaluate_streamed(args)
     start = time.perf_counter()
@@ -399,6 +397,33 @@ def seed_int(text: str) -> int:
     return value
 
 
+# Options that only mean something beside another one: (command, option, its default, what it needs, the test).
+# Given without what it needs, an option would be ignored in silence, so it is refused; else its default is filled.
+DEPENDENT_OPTIONS = (
+    ("evaluate", "repeats", 3, "--speed", lambda a: a.speed),
+    ("evaluate", "threads", None, "--speed", lambda a: a.speed),
+    ("evaluate", "gguf_dtype", "f32", "--engine llama.cpp", lambda a: a.engine == "llama.cpp"),
+    ("evaluate", "max_windows", None, "--perplexity", lambda a: a.perplexity),
+    ("evaluate", "limit", None, "--tasks", lambda a: a.tasks),
+    ("prune", "recover_steps", 100, "--recover lora", lambda a: a.recover == "lora"),
+    ("prune", "recover_lr", 1e-4, "--recover lora", lambda a: a.recover == "lora"),
+    ("prune", "eval_seqlen", 128, "--perplexity", lambda a: a.perplexity),
+    ("prune", "max_windows", None, "--perplexity", lambda a: a.perplexity),
+)
+
+
+def check_dependent_options(args) -> None:
+    """Refuse an option given without the one it works with; fill in the defaults of the others."""
+    for command, name, default, needs, given in DEPENDENT_OPTIONS:
+        if args.command != command:
+            continue
+        if getattr(args, name) is not None and not given(args):
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} only applies with {needs}: add {needs}, or drop {flag}")
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="structprune", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -427,9 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--engine", default="pytorch", choices=["pytorch", "llama.cpp"],
                     help="speed: in PyTorch, or in llama.cpp (the model exported to GGUF: batch 1, prefill 512, "
                          "decode 128)")
-    ev.add_argument("--gguf-dtype", default="f32", choices=["f32", "f16", "q8_0"], help="speed in llama.cpp: weight type")
+    ev.add_argument("--gguf-dtype", default=None, choices=["f32", "f16", "q8_0"],
+                    help="speed in llama.cpp: weight type (default f32)")
     ev.add_argument("--threads", type=positive_int, default=None, help="speed: torch / llama.cpp threads (recorded)")
-    ev.add_argument("--repeats", type=positive_int, default=3, help="speed: timed runs per case (median reported)")
+    ev.add_argument("--repeats", type=positive_int, default=None,
+                    help="speed: timed runs per case, median reported (default 3)")
     ev.add_argument("--output", default=None, help="record path (default results/runs/evaluate/<hash>.json)")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --output record file")
     ev.set_defaults(func=cmd_evaluate)
@@ -451,10 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="calibration sample seed (default 0); also the seed of random scores (default: the method's)")
     pr.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method or part option, repeatable")
     pr.add_argument("--perplexity", default=None, help="also evaluate: comma-separated wikitext2, ptb, c4")
-    pr.add_argument("--eval-seqlen", type=positive_int, default=128, help="evaluation window length")
+    pr.add_argument("--eval-seqlen", type=positive_int, default=None, help="evaluation window length (default 128)")
     pr.add_argument("--recover", default="none", choices=["none", "lora"], help="recovery after pruning")
-    pr.add_argument("--recover-steps", type=positive_int, default=100, help="LoRA optimiser steps (batch 8)")
-    pr.add_argument("--recover-lr", type=float, default=1e-4, help="LoRA learning rate")
+    pr.add_argument("--recover-steps", type=positive_int, default=None, help="LoRA optimiser steps, batch 8 (default 100)")
+    pr.add_argument("--recover-lr", type=float, default=None, help="LoRA learning rate (default 1e-4)")
     pr.add_argument("--output", required=True, help="directory of the pruned checkpoint")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint directory")
     pr.set_defaults(func=cmd_prune)
@@ -480,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        check_dependent_options(args)
         return args.func(args)
     except (ValueError, OSError, ConnectionError, NotImplementedError, FloatingPointError, EngineError) as error:
         print(f"structprune: error: {error}", file=sys.stderr)
