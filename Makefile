@@ -53,14 +53,14 @@ reproduce: data-ready $(REPORT)  ## run notebooks 00-05 and then 99_report with 
 # Each notebook also logs the records it used ($@.records.jsonl), from which 99_report sums their compute time.
 results/notebooks/%.ipynb: notebooks/%.ipynb $(STAMP) | data-ready
 	@rm -f $@.records.jsonl
-	STRUCTPRUNE_RECORD_LOG=$@.records.jsonl $(TEST_ENV) $(PY) -m papermill --log-output -k python3 -p profile $(PROFILE) $< $@.tmp.ipynb
+	STRUCTPRUNE_PROGRESS=text STRUCTPRUNE_RECORD_LOG=$@.records.jsonl $(TEST_ENV) $(PY) -m papermill --log-output -k python3 -p profile $(PROFILE) $< $@.tmp.ipynb
 	@mv $@.tmp.ipynb $@
 
 # HTML exports: one nbconvert process for all executed notebooks (one per notebook cost 5 s each), run beside
 # 99 (whose last cell links them by name) so that the report's serial tail overlaps on two cores.
 $(REPORT): notebooks/99_report.ipynb $(EXECUTED)
 	$(PY) -m jupyter nbconvert --to html --log-level WARN $(EXECUTED) & exports=$$!; \
-	  $(TEST_ENV) $(PY) -m papermill -k python3 -p profile $(PROFILE) $< $@.tmp.ipynb; status=$$?; \
+	  STRUCTPRUNE_PROGRESS=text $(TEST_ENV) $(PY) -m papermill -k python3 -p profile $(PROFILE) $< $@.tmp.ipynb; status=$$?; \
 	  wait $$exports && exit $$status
 	@mv $@.tmp.ipynb $@
 	$(PY) -m jupyter nbconvert --to html --log-level WARN $@

@@ -70,3 +70,29 @@ def test_bad_counts_and_searches_fail_clearly(model, calibration):
         search_allocation(model, compose(score="wanda", sequential=True), 0.2, calibration, held_out)
     with pytest.raises(ValueError, match="generations must be"):
         search_allocation(model, compose(score="wanda"), 0.2, calibration, held_out, generations=-1)
+
+
+def test_a_searched_composition_keeps_its_unit_pass_and_options(model, calibration):
+    """The counts that the search found replace the allocation only: a value-channel composition with its own
+    mini-batches stays one, and so does the plan it writes (replayed through `composition_of`); a sequential one
+    is refused with the reason, never silently made one-shot."""
+    from dataclasses import asdict
+
+    from structprune.pipeline import composition_of
+    from structprune.search import with_counts
+
+    composition = compose(score="wanda", allocation="uniform", compensation="least_squares",
+                          attention_unit="value_channel", gradient_batches=3, round_to=4, batch_size=2,
+                          damping=0.05)
+    searched = with_counts(composition, [2, 2, 1, 2], [96, 64, 64, 96])
+    changed = {k for k, v in asdict(searched).items() if asdict(composition)[k] != v}
+    assert changed == {"allocation", "allocation_options"}
+    assert searched.allocation_options == {"groups": [2, 2, 1, 2], "channels": [96, 64, 64, 96]}
+    result = prune(model, searched, 0.0, calibration=calibration)  # the counts decide; the ratio is not read
+    replayed = composition_of(result.plan)
+    for name in ("sequential", "attention_unit", "gradient_batches", "round_to", "batch_size", "compensation"):
+        assert getattr(replayed, name) == getattr(searched, name), name
+    assert replayed.compensation_options["damping"] == 0.05
+    sequential = compose(score="wanda", allocation="uniform", compensation="least_squares", sequential=True)
+    with pytest.raises(ValueError, match="allocation 'counts' needs every layer's scores before any cut"):
+        with_counts(sequential, [2, 2, 1, 2], [96, 64, 64, 96])

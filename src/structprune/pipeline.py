@@ -596,13 +596,12 @@ def run(model, ratio: float | None, calibration: torch.Tensor | None, compositio
 
 
 def composition_of(plan: Plan) -> Composition:
-    """The composition a plan records (its compensation and pass, for replaying it)."""
+    """The composition a plan records (its compensation and pass, for replaying it); fields an older plan did
+    not record take their defaults."""
     parts = plan.parts
     compensation = dict(parts.get("compensation") or {"name": "none"})
     return Composition(compensation=compensation.pop("name"), compensation_options=compensation,
-                       attention=parts.get("attention", True), attention_unit=parts.get("attention_unit", "kv_group"),
-                       sequential=parts.get("sequential", False), round_to=parts.get("round_to", 1),
-                       batch_size=parts.get("batch_size", 8))
+                       **{k: parts[k] for k in COMPOSITION_FIELDS if k in parts})
 
 
 def replay(model, plan: Plan, calibration: torch.Tensor) -> None:

@@ -19,11 +19,11 @@ from __future__ import annotations
 import copy
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from .pipeline import GRADIENT_EVIDENCE, Composition, compose
+from .pipeline import GRADIENT_EVIDENCE, Composition
 from .progress import progress
 
 
@@ -46,11 +46,10 @@ class SearchResult:
 
 
 def with_counts(composition: Composition, groups: list[int], channels: list[int]) -> Composition:
-    """`composition` with its allocation replaced by the given per-layer kept counts."""
-    return compose(composition.score, "counts", composition.compensation,
-                   **composition.score_options, **composition.compensation_options, groups=list(groups),
-                   channels=list(channels), attention=composition.attention, round_to=composition.round_to,
-                   batch_size=composition.batch_size)
+    """`composition` with its allocation replaced by the given per-layer kept counts (every other field kept:
+    its unit, its pass, its options)."""
+    return replace(composition, allocation="counts",
+                               allocation_options={"groups": list(groups), "channels": list(channels)}).check()
 
 
 @torch.no_grad()
