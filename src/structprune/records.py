@@ -147,6 +147,12 @@ def run_once(experiment: str, config: dict, compute: Callable[[], tuple[dict, di
     return record
 
 
+def record_list(experiment: str, root: Path | None = None) -> list[dict]:
+    """Every record of `experiment` (under `root`, default results/runs), in file-name order."""
+    root = Path(root or results_dir() / "runs")
+    return [json.loads(p.read_text()) for p in sorted((root / experiment).glob("*.json"))]
+
+
 def load_records(root: Path | None = None, experiment: str | None = None):
     """All records as a pandas DataFrame, nested fields flattened with dots (config.method, ...)."""
     import pandas as pd

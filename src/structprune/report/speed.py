@@ -1,0 +1,74 @@
+"""Speed tables: measured prefill and decode speedups against the dense model and the MACs ideal, in PyTorch and
+in llama.cpp, and the Pareto front of speed against accuracy."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .labels import method_label
+
+
+def prefill_speedups(dense: dict, measured: dict) -> dict:
+    """Columns of the measured prefill speedup at every shape, and the MACs-ratio ideal (the same for every
+    shape up to rounding: the largest shape's)."""
+    from ..speed import speedup
+
+    cases = speedup(dense, measured)
+    return {**{f"prefill x ({c['batch']}x{c['tokens']})": c["measured"] for c in cases}, "ideal x": cases[-1]["ideal"]}
+
+
+def speed_row(record: dict, measured: dict, dense: dict) -> dict:
+    """One row of a speedup table: the pruning record's method, size and perplexity, and its measured speed
+    against the dense model's at the largest prefill shape and at every decode batch."""
+    from ..speed import speedup
+
+    largest = speedup(dense, measured)[-1]  # the largest prefill shape (batch 8 x 512 by default)
+    shape = f"({largest['batch']}x{largest['tokens']})"
+    row = {"method": method_label(record), "ratio": record["config"]["ratio"],
+           "parameters": measured["parameters"], "MACs/token (M)": measured["macs_per_token"]["total"] / 1e6,
+           "perplexity": record["metrics"]["perplexity"]["perplexity"], f"ideal x {shape}": largest["ideal"],
+           f"prefill x {shape}": largest["measured"], "fraction of ideal": largest["fraction_of_ideal"]}
+    for d, p in zip(dense["decode"], measured["decode"], strict=True):
+        row[f"decode x (batch {p['batch']})"] = p["tokens_per_second"] / d["tokens_per_second"]
+        row[f"decode tok/s (batch {p['batch']})"] = p["tokens_per_second"]
+    row["weights MiB"] = measured["memory"]["weights_mib"]
+    return row
+
+
+def engine_rows(records: dict[str, dict], runs: dict[tuple[str, str], dict], macs: dict[str, dict],
+                pytorch: dict[str, float]) -> pd.DataFrame:
+    """llama.cpp speed of pruned models against the dense model's (same GGUF weight type), beside the MACs ideal
+    and PyTorch eager. records: {name: pruning record} (the dense one named "Dense"); runs: {(name, dtype):
+    `experiments.engine_speed_run` record}; macs: {name: `experiments.macs_of`}, whose ratio to the dense
+    model's is the ideal of prefill and of decode; pytorch: {name: PyTorch prefill speedup, measured against
+    a dense run of the same machine}, where measured."""
+    rows = []
+    for (name, dtype), run in runs.items():
+        engine, dense_engine = run["metrics"]["engine_speed"], runs[("Dense", dtype)]["metrics"]["engine_speed"]
+        prefill = engine["prefill_tokens_per_second"] / dense_engine["prefill_tokens_per_second"]
+        decode = engine["decode_tokens_per_second"] / dense_engine["decode_tokens_per_second"]
+        ideal = {kind: macs["Dense"][kind] / macs[name][kind] for kind in ("prefill", "decode")}
+        rows.append({"model": name, "gguf": dtype, "parameters": engine["params_after"],
+                     "perplexity": records[name]["metrics"]["perplexity"]["perplexity"],
+                     "ideal prefill x": ideal["prefill"], "ideal decode x": ideal["decode"],
+                     "PyTorch prefill x": pytorch.get(name), "llama.cpp prefill tok/s": engine["prefill_tokens_per_second"],
+                     "llama.cpp prefill x": prefill, "llama.cpp decode tok/s": engine["decode_tokens_per_second"],
+                     "llama.cpp decode x": decode, "prefill of ideal": prefill / ideal["prefill"],
+                     "decode of ideal": decode / ideal["decode"]})
+    return pd.DataFrame(rows)
+
+
+def pareto_front(points: pd.DataFrame, faster: str, better: str) -> pd.DataFrame:
+    """The rows no other row beats on both columns (higher is better on each), fastest first: scanning from
+    the fastest, each row that is more accurate than every faster one."""
+    front, best = [], float("-inf")
+    for _, row in points.sort_values(faster, ascending=False).iterrows():
+        if row[better] > best:
+            front.append(row)
+            best = row[better]
+    return pd.DataFrame(front)
+
+
+def _same_protocol(a: dict, b: dict) -> bool:
+    keys = ("threads", "repeats", "prefill_shapes", "decode_batches", "new_tokens")
+    return all(a["config"].get(k) == b["config"].get(k) for k in keys)
