@@ -8,6 +8,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("STRUCTPRUNE_PROGRESS", "0")  # progress bars stay quiet in tests
 
+from structprune.caches import reset_caches  # noqa: E402
 from structprune.data import random_calibration  # noqa: E402
 from structprune.models import load_model, tiny_llama  # noqa: E402
 
@@ -16,6 +17,13 @@ from structprune.models import load_model, tiny_llama  # noqa: E402
 def _results_in_tmp(tmp_path, monkeypatch):
     """Tests never write into the repository's results/."""
     monkeypatch.setenv("STRUCTPRUNE_RESULTS", str(tmp_path / "results"))
+
+
+@pytest.fixture(autouse=True)
+def _no_cache_between_tests():
+    """Every test starts with every cache of structprune empty (`caches.reset_caches`)."""
+    reset_caches()
+    yield
 
 
 @pytest.fixture

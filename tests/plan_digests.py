@@ -73,8 +73,22 @@ def digest(case) -> dict:
     for key, tensor in sorted(result.model.state_dict().items()):
         state.update(key.encode())
         state.update(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return {"units": _sha(units), "biases": _sha(biases), "weights": state.hexdigest()[:16],
-            "params_after": result.params_after}
+    return {"kept": kept_counts(plan), "units": _sha(units), "biases": _sha(biases),
+            "weights": state.hexdigest()[:16], "params_after": result.params_after}
+
+
+def kept_counts(plan) -> dict[str, list]:
+    """Readable beside the hashes: per layer, how many KV groups and MLP channels (and value channels or query
+    heads, per KV group) were kept."""
+    def count(per_layer):
+        return [None if units is None else len(units) if not units or isinstance(units[0], int)
+                else [len(u) for u in units] for units in per_layer]
+
+    counts = {"groups": count(plan.kept_groups), "channels": count(plan.kept_channels)}
+    for kind in ("values", "heads"):  # value-channel and query-head units, where the plan has them
+        if getattr(plan, f"kept_{kind}", None):
+            counts[kind] = count(getattr(plan, f"kept_{kind}"))
+    return counts
 
 
 def main() -> None:
