@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from .architectures import LayerShape
+from .parts import Part
 
 
 @dataclass
@@ -322,13 +323,9 @@ class Kept:
 
 
 @dataclass(frozen=True)
-class Allocation:
-    name: str
-    fn: Callable[..., Kept]
-    needs: frozenset[str] = frozenset()  # evidence kinds beyond the scores: "block_importance", "batch_taylor"
-    defaults: dict = field(default_factory=dict)
-    option_help: dict = field(default_factory=dict)
-    summary: str = ""
+class Allocation(Part):
+    """An allocation rule (`parts.Part`): which units each layer keeps, from every layer's scores."""
+
     layerwise: bool = False  # needs one layer's scores at a time: can run in a sequential pass
     # The layers whose units it may remove (default: all); gradients are taken for those only.
     layers: Callable[[int, dict], range] | None = None
@@ -535,33 +532,28 @@ def counts(scores, budget: Budget, evidence=None, groups: list[int] | None = Non
 ALLOCATIONS: dict[str, Allocation] = {rule.name: rule for rule in (
     Allocation("uniform", uniform, summary="floor(r x units) lowest units of each kind removed in every layer",
                layerwise=True),
-    Allocation("flap", flap, defaults={"structure": "AL-AM", "remove_groups": None},
-               option_help={"structure": " | ".join(FLAP_STRUCTURES),
+    Allocation("flap", flap, option_help={"structure": " | ".join(FLAP_STRUCTURES),
                             "remove_groups": "KV groups to remove in all (UL-MM, AL-MM); default round(r x groups)"},
                summary="FLAP's structure search: per-layer z-scores, one global threshold weighted by parameters"),
     Allocation("global", global_threshold,
                summary="per-layer z-scores, one global threshold per kind of unit keeping 1 - r of them"),
-    Allocation("layer_range", layer_range, defaults={"layer_start": None, "layer_end": None, "target_params": None},
-               option_help={"layer_start": "first pruned layer (default: 4/32 of the depth)",
+    Allocation("layer_range", layer_range, option_help={"layer_start": "first pruned layer (default: 4/32 of the depth)",
                             "layer_end": "end of the pruned range, exclusive (default: 30/32 of the depth)",
                             "target_params": "a whole-model parameter fraction instead of the per-group ratio"},
                summary="LLM-Pruner: int(n (1 - r)) units kept in every layer of a range",
                layers=pruned_layer_range),
     Allocation("cfsp", cfsp, frozenset({"block_importance"}),
-               {"a": 1.0, "block_metric": "angular", "importance_tokens": None},
                {"a": "sigmoid sharpness of the block allocation (code default 1)",
                 "block_metric": "angular | cosine | mse | mae (block input vs output)",
                 "importance_tokens": "rescale block importance sums to this many tokens (the code's 1e4 constant "
                                      "assumes 131,072); None: the raw sum, as the code"},
                summary="CFSP: sigmoid per-block FFN keep ratios from angular block importance (FFN only)"),
     Allocation("saap", saap, frozenset({"batch_taylor"}),
-               {"excluded": None, "max_layer_ratio": None, "layer_fusion": "closed"},
                {"excluded": "most fluctuating layers never pruned (default: as many as LLM-Pruner's range leaves out)",
                 "max_layer_ratio": "largest fraction of a chosen layer's weights removed (default 1.5 r, at most 0.9)",
                 "layer_fusion": "closed | learned: the fusion that ranks layers"},
                summary="SAAP-style: least important, least fluctuating layers, at LLM-Pruner's size"),
-    Allocation("counts", counts, defaults={"groups": None, "channels": None},
-               option_help={"groups": "KV groups kept per layer (a list; None: all)",
+    Allocation("counts", counts, option_help={"groups": "KV groups kept per layer (a list; None: all)",
                             "channels": "MLP channels kept per layer (a list; None: all)"},
                summary="per-layer kept counts given explicitly (an allocation search's result)", layerwise=False),
 )}

@@ -336,7 +336,7 @@ def cmd_methods(args) -> int:
     from .allocate import ALLOCATIONS
     from .compensate import COMPENSATIONS
     from .methods import METHODS
-    from .pipeline import COMPOSITION_FIELDS, Composition
+    from .pipeline import COMPOSITION_FIELDS, PASS_OPTION_HELP, Composition
     from .scores import SCORE_ALIASES, SCORES
 
     print("Paper methods (--method NAME --option KEY=VALUE):")
@@ -347,7 +347,7 @@ def cmd_methods(args) -> int:
         print(f"  {method.name}  ({method.label}): {method.summary}")
         print(f"      parts: {parts.label}; paper calibration: {data}; source: {method.source}")
         for key, default in method.defaults.items():
-            print(f"      --option {key}={json.dumps(default)}    {method.option_help.get(key, '')}")
+            print(f"      --option {key}={json.dumps(default)}    {method.help_for(key)}")
     aliases = {name: alias for alias, name in SCORE_ALIASES.items()}
     for title, flag, registry in (("Scores", "--score", SCORES), ("Allocations", "--allocation", ALLOCATIONS),
                                   ("Compensations", "--compensation", COMPENSATIONS)):
@@ -360,7 +360,7 @@ def cmd_methods(args) -> int:
     defaults = Composition()
     print("\nPass options of any composition:")
     for key in COMPOSITION_FIELDS:
-        print(f"      --option {key}={json.dumps(getattr(defaults, key))}")
+        print(f"      --option {key}={json.dumps(getattr(defaults, key))}    {PASS_OPTION_HELP[key]}")
     return 0
 
 

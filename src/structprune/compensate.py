@@ -22,10 +22,11 @@ the kept columns, or neither (nothing was removed, or "none").
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
+
+from .parts import Part
 
 
 @dataclass
@@ -35,13 +36,9 @@ class Compensation:
 
 
 @dataclass(frozen=True)
-class CompensationRule:
-    name: str
-    fn: Callable[..., Compensation]
-    needs: frozenset[str] = frozenset()  # "gram": the statistics pass also accumulates X^T X
-    defaults: dict = field(default_factory=dict)
-    option_help: dict = field(default_factory=dict)
-    summary: str = ""
+class CompensationRule(Part):
+    """A compensation (`parts.Part`): what the kept columns of o_proj / down_proj become."""
+
     adds_bias: bool = False  # a bias vector on o_proj / down_proj (counted in the parameters after)
     rewrites_weights: bool = False  # kept weights change: re-applying a plan needs its calibration tokens
 
@@ -148,14 +145,12 @@ COMPENSATIONS: dict[str, CompensationRule] = {rule.name: rule for rule in (
     CompensationRule("mean_bias", mean_bias, frozenset({"stats"}), adds_bias=True,
                      summary="FLAP: removed inputs' mean output folded into a bias"),
     CompensationRule("least_squares", least_squares, frozenset({"stats", "gram"}),
-                     {"damping": 0.01, "solver_dtype": "float64", "damping_toward": "zero"},
                      {"damping": "lambda = damping x mean diag G[S, S] (0: plain least squares)",
                       "solver_dtype": "float64 | float32 Cholesky solve",
                       "damping_toward": "zero (ridge) | kept (toward the kept columns' own weights)"},
                      rewrites_weights=True,
                      summary="FASP: kept columns refitted to the dense output by least squares"),
     CompensationRule("affine_least_squares", affine_least_squares, frozenset({"stats", "gram"}),
-                     {"damping": 0.01, "solver_dtype": "float64", "damping_toward": "kept"},
                      {"damping": "lambda = damping x mean diag G[S, S], on the weights only",
                       "solver_dtype": "float64 | float32 Cholesky solve",
                       "damping_toward": "kept (toward the kept columns' own weights and FLAP's bias) | zero"},

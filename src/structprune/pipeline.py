@@ -43,17 +43,18 @@ from .architectures import (
 )
 from .compensate import COMPENSATIONS, Compensation
 from .options import check_option_values
+from .parts import EVIDENCE
 from .progress import progress
 from .scores import (
     SCORE_ALIASES,
     SCORES,
     LayerScores,
+    column_scores,
     down_proj,
     group_scores,
     group_width,
     o_proj,
     output_linears,
-    score_needs,
 )
 from .stats import (
     BLOCK_METRICS,
@@ -67,8 +68,7 @@ from .stats import (
 COMPOSED = "composed"  # the method name of plans and records of a composition of parts (not a paper method)
 ATTENTION_UNITS = ("kv_group", "value_channel", "query_head")
 # Scores that give o_proj column scores, which value-channel and query-head units regroup.
-COLUMN_SCORES = ("magnitude", "wanda", "ifv", "wifv", "activation", "activation_relative")
-DATA_EVIDENCE = frozenset({"stats", "gram", "gradients", "fisher", "batch_taylor", "block_importance"})
+DATA_EVIDENCE = EVIDENCE  # every kind of evidence is measured on calibration data
 GRADIENT_EVIDENCE = frozenset({"gradients", "fisher", "batch_taylor"})
 
 if TYPE_CHECKING:
@@ -94,8 +94,9 @@ class Composition:
     gradient_batches: int = 5  # calibration mini-batches of per-batch Taylor importances (SAAP-style)
 
     def needs(self) -> frozenset[str]:
-        needs = score_needs(self.score, self.score_options) | ALLOCATIONS[self.allocation].needs
-        return needs | COMPENSATIONS[self.compensation].needs
+        return (SCORES[self.score].needs_for(self.score_options)
+                | ALLOCATIONS[self.allocation].needs_for(self.allocation_options)
+                | COMPENSATIONS[self.compensation].needs_for(self.compensation_options))
 
     def needs_data(self) -> bool:
         return bool(self.needs() & DATA_EVIDENCE)
@@ -147,10 +148,10 @@ class Composition:
         if self.sequential and self.needs() & GRADIENT_EVIDENCE:
             raise ValueError(f"score {self.score!r} / allocation {self.allocation!r} need LM-loss gradients, which are "
                              "taken once on the dense model: use sequential=False")
-        if self.attention_unit != "kv_group" and self.attention and self.score not in COLUMN_SCORES:
+        if self.attention_unit != "kv_group" and self.attention and not SCORES[self.score].gives_columns:
             raise ValueError(f"{self.attention_unit.replace('_', '-')} units regroup o_proj column scores; score "
                              f"{self.score!r} has none: "
-                             f"choose one of {', '.join(COLUMN_SCORES)}, or attention_unit='kv_group'")
+                             f"choose one of {', '.join(column_scores())}, or attention_unit='kv_group'")
         block_metric = self.allocation_options.get("block_metric", "angular")
         if block_metric not in BLOCK_METRICS:
             raise ValueError(f"unknown block_metric {block_metric!r}: choose one of {', '.join(BLOCK_METRICS)}")
@@ -158,6 +159,15 @@ class Composition:
 
 
 COMPOSITION_FIELDS = ("attention", "attention_unit", "sequential", "round_to", "batch_size", "gradient_batches")
+# What the pass options mean, written once (methods and `structprune methods` read it).
+PASS_OPTION_HELP = {
+    "attention": "also prune KV groups (False: FFN channels only, CFSP's baseline)",
+    "attention_unit": " | ".join(ATTENTION_UNITS) + ": the attention unit inside every layer",
+    "sequential": "later layers calibrate on the pruned layers' outputs (False: one-shot)",
+    "round_to": "keep MLP channel counts a multiple of k",
+    "batch_size": "calibration batch",
+    "gradient_batches": "calibration mini-batches of per-batch Taylor importances",
+}
 
 
 def compose(score: str = "wanda", allocation: str = "uniform", compensation: str = "none", **options) -> Composition:
@@ -612,7 +622,7 @@ def replay(model, plan: Plan, calibration: torch.Tensor) -> None:
     composition = composition_of(plan)
     replayed = copy.deepcopy(plan)
     replayed.value_params_removed, replayed.new_bias_params = 0, 0
-    targets, gram = output_linears(model), "gram" in COMPENSATIONS[composition.compensation].needs
+    targets, gram = output_linears(model), "gram" in composition.needs()
 
     def cut(index: int, stats: dict[str, ChannelStats] | None) -> None:
         cut_layer(model, replayed, composition, index, plan.kept_groups[index], plan.kept_channels[index], stats)

@@ -4,7 +4,7 @@ One signature for every score (`docs/methods.md` gives each one's equation and p
 
     score(model, index, evidence, **options) -> LayerScores
 
-`evidence` (`structprune.compose.Evidence`) holds what the calibration passes measured: per-layer input
+`evidence` (`pipeline.Evidence`) holds what the calibration passes measured: per-layer input
 statistics of o_proj and down_proj, LM-loss gradients, per-batch Taylor importances. A score reads only
 the layer `index` (so a sequential pass can score one layer at a time), and names what it reads in
 `Score.needs`, so the passes collect exactly that.
@@ -17,7 +17,7 @@ columns before grouping; FASP's value-channel units regroup them).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -30,6 +30,7 @@ from .architectures import (
     mlp_of,
     queries_per_group,
 )
+from .parts import Part
 
 
 @dataclass
@@ -40,13 +41,11 @@ class LayerScores:
 
 
 @dataclass(frozen=True)
-class Score:
-    name: str
-    fn: Callable[..., LayerScores]
-    needs: frozenset[str]  # evidence kinds: "stats", "gradients", "fisher", "batch_taylor"
-    defaults: dict = field(default_factory=dict)
-    option_help: dict = field(default_factory=dict)
-    summary: str = ""
+class Score(Part):
+    """A unit score (`parts.Part`); gives_columns: it also scores o_proj's input columns (`LayerScores.columns`),
+    which FLAP's adaptive structures standardise and the value-channel and query-head units regroup."""
+
+    gives_columns: bool = False
 
 
 # --- the linears a score reads ------------------------------------------------------------------------------
@@ -352,20 +351,21 @@ def uncertainty_fusion(model, index: int, evidence, fusion: str = "closed", scop
 # --- the registry ----------------------------------------------------------------------------------------------
 
 SCORES: dict[str, Score] = {score.name: score for score in (
-    Score("magnitude", magnitude, frozenset(), summary="||W_:,j||_2 of o_proj / down_proj columns, no data"),
-    Score("wanda", wanda, frozenset({"stats"}),
+    Score("magnitude", magnitude, gives_columns=True,
+          summary="||W_:,j||_2 of o_proj / down_proj columns, no data"),
+    Score("wanda", wanda, frozenset({"stats"}), gives_columns=True,
           summary="||X_j|| mean_i |W_ij| of o_proj / down_proj input columns (Wanda; FLAP's WIFN)"),
-    Score("ifv", ifv, frozenset({"stats"}), summary="Var(X_j): input feature variance (FLAP)"),
-    Score("wifv", wifv, frozenset({"stats"}), summary="Var(X_j) ||W_:,j||^2: FLAP's fluctuation metric"),
-    Score("activation", activation, frozenset({"stats"}), summary="||X_j||_2 of the inputs (CFSP's fine score)"),
-    Score("activation_relative", activation_relative, frozenset({"stats"}),
+    Score("ifv", ifv, frozenset({"stats"}), gives_columns=True, summary="Var(X_j): input feature variance (FLAP)"),
+    Score("wifv", wifv, frozenset({"stats"}), gives_columns=True,
+          summary="Var(X_j) ||W_:,j||^2: FLAP's fluctuation metric"),
+    Score("activation", activation, frozenset({"stats"}), gives_columns=True,
+          summary="||X_j||_2 of the inputs (CFSP's fine score)"),
+    Score("activation_relative", activation_relative, frozenset({"stats"}), gives_columns=True,
           summary="CFSP Eq. 8 with weights normalised across channels (inferred): MLP channels"),
-    Score("taylor", taylor, frozenset({"gradients"}), {"importance": "param_first"},
-          {"importance": " | ".join(TAYLOR_IMPORTANCES)},
+    Score("taylor", taylor, taylor_needs, {"importance": " | ".join(TAYLOR_IMPORTANCES)},
           summary="LLM-Pruner's Taylor importance of coupled groups (or l1 / l2 of their weights)"),
-    Score("random", random, frozenset(), {"seed": 0}, {"seed": "random seed"}, summary="uniform random, seeded"),
+    Score("random", random, option_help={"seed": "random seed"}, summary="uniform random, seeded"),
     Score("uncertainty_fusion", uncertainty_fusion, frozenset({"batch_taylor"}),
-          {"fusion": "closed", "scope": "layer_type"},
           {"fusion": "closed (s_k^2 = mean I_k) | learned (Adam on log s_k^2)",
            "scope": "layer_type | type | global: where s_k^2 is fitted"},
           summary="SAAP-style: vector- and element-wise Taylor importance fused by homoscedastic uncertainty"),
@@ -374,6 +374,6 @@ SCORES: dict[str, Score] = {score.name: score for score in (
 SCORE_ALIASES = {"wifn": "wanda"}
 
 
-def score_needs(name: str, options: dict) -> frozenset[str]:
-    """The evidence a score needs with these options."""
-    return taylor_needs(options) if name == "taylor" else SCORES[name].needs
+def column_scores() -> tuple[str, ...]:
+    """The scores that also score o_proj's input columns."""
+    return tuple(name for name, score in SCORES.items() if score.gives_columns)

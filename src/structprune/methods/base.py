@@ -18,13 +18,31 @@ class Method:
     calibration: tuple[str | None, int, int]  # the paper's (dataset, nsamples, seqlen); dataset None = no data
     summary: str
     source: str = ""
-    option_help: dict = field(default_factory=dict)
+    option_help: dict = field(default_factory=dict)  # its own options only: shared ones are explained once
     label_of: Callable[[dict], str] | None = None  # the label of a variant chosen by options
 
     @property
     def defaults(self) -> dict:
         """Every option and its paper default, read from `parts`' signature."""
         return {name: p.default for name, p in inspect.signature(self.parts).parameters.items()}
+
+    def help_for(self, option: str) -> str:
+        """What an option means: the method's own words where it has them, else the pass's or the part's that
+        the option reaches (each written once, beside what it explains)."""
+        from ..allocate import ALLOCATIONS
+        from ..compensate import COMPENSATIONS
+        from ..pipeline import PASS_OPTION_HELP
+        from ..scores import SCORES
+
+        if option in self.option_help:
+            return self.option_help[option]
+        if option in PASS_OPTION_HELP:
+            return PASS_OPTION_HELP[option]
+        parts = self.parts(**self.defaults)
+        for part in (SCORES[parts.score], ALLOCATIONS[parts.allocation], COMPENSATIONS[parts.compensation]):
+            if option in part.option_help:
+                return part.option_help[option]
+        return ""
 
     def label_for(self, options: dict) -> str:
         """How outputs name this method run with `options` (e.g. "Wanda-sp (FFN, global)")."""

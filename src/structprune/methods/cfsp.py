@@ -42,14 +42,9 @@ METHOD = Method(
     summary="FFN channels only: sigmoid per-block budgets from angular block importance, channels by "
             "activation norm (the released code)",
     source="Wang et al., COLING 2025 (arXiv 2409.13199); wyxscir/CFSP lib/prune.py::prune_cfsp",
-    option_help={"a": "sigmoid sharpness of the block allocation (code default 1)",
-                 "fine_metric": "activation (released code: channels by ||X_j||) | relative (paper Eq. 8 "
+    option_help={"fine_metric": "activation (released code: channels by ||X_j||) | relative (paper Eq. 8 "
                                 "intent, inferred normalisation)",
-                 "block_metric": "angular | cosine | mse | mae (block input vs output)",
-                 "round_to": "keep each block's channel count a multiple of k (code: 128, --cuda_friendly)",
-                 "importance_tokens": "rescale block importance sums to this many tokens (the code's 1e4 "
-                                      "constant assumes 131,072); None: the raw sum, as the code",
-                 "batch_size": "calibration batch"},
+                 "round_to": "keep each block's channel count a multiple of k (code: 128, --cuda_friendly)"},
     label_of=lambda options: "CFSP" if options.get("fine_metric", "activation") == "activation"
     else "CFSP-style (relative score)",
 )

@@ -44,9 +44,5 @@ METHOD = Method(
     source="Hu et al., arXiv 2501.09412 (no code released)",
     option_help={"attention": "also prune value channels (v_proj rows + o_proj columns)",
                  "restore": "least-squares restoration of o_proj/down_proj kept columns",
-                 "damping": "lambda = damping x mean diag G[S, S] (0: plain least squares)",
-                 "sequential": "later layers calibrate on the pruned layers' outputs (False: one-shot)",
-                 "solver_dtype": "float64 | float32 Cholesky solve",
-                 "round_to": "keep value widths and MLP channel counts a multiple of k (GPU speed)",
-                 "batch_size": "calibration batch"},
+                 "round_to": "keep value widths and MLP channel counts a multiple of k (GPU speed)"},
 )

@@ -45,10 +45,6 @@ METHOD = Method(
     calibration=("wikitext2", 1024, 128),
     summary="fluctuation metric on o_proj/down_proj inputs, global adaptive structure, bias compensation",
     source="An et al., AAAI 2024 (arXiv 2312.11983); CASIA-IVA-Lab/FLAP @3bb57db",
-    option_help={"metric": "IFV | WIFV | WIFN", "structure": "UL-UM | UL-MM | AL-MM | AL-AM",
-                 "bias_compensation": "fold removed channels' means into a bias",
-                 "remove_groups": "KV groups to remove in all (UL-MM, AL-MM); default round(r x groups)",
-                 "round_to": "keep MLP channel counts a multiple of k", "batch_size": "calibration batch",
-                 "attention": "also prune KV groups (False: FFN channels only, CFSP's baseline)"},
+    option_help={"metric": "IFV | WIFV | WIFN", "bias_compensation": "fold removed channels' means into a bias"},
     label_of=ffn_variant_label("FLAP"),
 )

@@ -40,9 +40,7 @@ METHOD = Method(
     summary="block-wise Taylor importance of coupled groups, uniform per-group ratio inside a layer range",
     source="Ma et al., NeurIPS 2023 (arXiv 2305.11627); horseee/LLM-Pruner @128a07d",
     option_help={"importance": " | ".join(IMPORTANCES),
-                 "layer_start": "first pruned layer (default: 4/32 of the depth)",
-                 "layer_end": "end of the pruned range, exclusive (default: 30/32 of the depth)",
                  "target_params": "its own whole-model fraction, kept for earlier records: use --target-params "
                                   "(prune(target_params=...)), which does this for every method",
-                 "round_to": "keep MLP channel counts a multiple of k", "seed": "seed of the random importance"},
+                 "seed": "seed of the random importance"},
 )

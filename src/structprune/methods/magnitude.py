@@ -23,7 +23,5 @@ METHOD = Method(
     calibration=(None, 0, 0),
     summary="L2 norm of o_proj/down_proj columns, uniform per layer, no data",
     source="FLAP repo lib/prune.py (mag_sp baseline)",
-    option_help={"round_to": "keep MLP channel counts a multiple of k",
-                 "attention": "also prune KV groups (False: FFN channels only, CFSP's baseline)"},
     label_of=ffn_variant_label("Magnitude-sp"),
 )

@@ -21,5 +21,4 @@ METHOD = Method(
     calibration=(None, 0, 0),
     summary="random KV groups and channels, uniform per layer (seeded)",
     source="LLM-Pruner paper, Table 1 'Random' baseline",
-    option_help={"seed": "random seed", "round_to": "keep MLP channel counts a multiple of k"},
 )

@@ -42,10 +42,7 @@ METHOD = Method(
     summary="LLM-Pruner groups; vector- and element-wise Taylor importance fused by homoscedastic uncertainty; "
             "layers chosen by importance ranking and fluctuation, at LLM-Pruner's size for the same ratio",
     source="Zheng, Ren et al., arXiv 2412.15127 (no code or equations available)",
-    option_help={"fusion": "closed (s_k^2 = mean I_k) | learned (Adam on log s_k^2)",
-                 "scope": "layer_type (per layer and module type) | type | global: where s_k^2 is fitted",
-                 "batches": "calibration mini-batches for the gradients and the fluctuation indicator",
-                 "excluded": "most fluctuating layers never pruned (default: as many as LLM-Pruner's range leaves out)",
-                 "max_layer_ratio": "largest fraction of a chosen layer's weights removed (default 1.5 r, at most 0.9)"},
+    option_help={"scope": "layer_type (per layer and module type) | type | global: where s_k^2 is fitted",
+                 "batches": "calibration mini-batches for the gradients and the fluctuation indicator"},
     label_of=lambda options: "SAAP-style" if options.get("fusion", "closed") == "closed" else "SAAP-style (learned sigma)",
 )

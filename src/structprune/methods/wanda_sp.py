@@ -33,8 +33,6 @@ METHOD = Method(
     calibration=("c4", 128, 128),
     summary="Wanda score averaged per column on o_proj/down_proj inputs, uniform per layer, sequential, no bias",
     source="FLAP repo lib/prune.py::prune_wanda_sp (baseline of An et al. 2024); Wanda: Sun et al. 2023",
-    option_help={"round_to": "keep MLP channel counts a multiple of k", "batch_size": "calibration batch",
-                 "attention": "also prune KV groups (False: FFN channels only, CFSP's baseline)",
-                 "allocation": "uniform (FLAP's Wanda-sp, sequential) | global (CFSP's: z-scores, one threshold)"},
+    option_help={"allocation": "uniform (FLAP's Wanda-sp, sequential) | global (CFSP's: z-scores, one threshold)"},
     label_of=ffn_variant_label("Wanda-sp"),
 )
