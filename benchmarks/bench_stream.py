@@ -93,8 +93,8 @@ def _case(name: str, source: str, output: str, nsamples: int, seqlen: int, queue
         result = {"params_before": pruned.params_before, "params_after": pruned.params_after,
                   "removed_fraction": 1 - pruned.params_after / pruned.params_before}
     elif name == "reload":
+        from structprune.checkpoint import check_checkpoint
         from structprune.streaming import open_stream, streamed_perplexity_of_ids
-        from structprune.surgery import check_checkpoint
 
         check_checkpoint(output)
         text = random_calibration(32000, nsamples=4, seqlen=seqlen, seed=1).flatten()

@@ -170,8 +170,9 @@ def test_cli_measures_speed_in_llama_cpp_into_a_record(tmp_path, capsys):
 
 
 def test_cli_exports_a_saved_pruned_checkpoint_with_the_same_distribution(tiny_smollm2, tmp_path, capsys):
+    from structprune.checkpoint import save_pruned
     from structprune.cli import main
-    from structprune.surgery import load_pruned, save_pruned
+    from structprune.models import load_pruned
 
     model, tokenizer = copy.deepcopy(tiny_smollm2[0]), tiny_smollm2[1]
     prune(model, "flap", 0.3, calibration=random_calibration(tokenizer.vocab_size, 8, 32, seed=1))

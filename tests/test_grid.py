@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from structprune import compose, perplexity, report
+from structprune.composition import composition_from
 from structprune.experiments import calibration_of, grid_runs, pruning_run, rebuild
-from structprune.pipeline import composition_from
 from structprune.profiles import profile_settings
 
 

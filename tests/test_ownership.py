@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from structprune import load_pruned
+from structprune.checkpoint import CHECKPOINT_TOKEN, SIDECAR, install_checkpoint, read_sidecar
 from structprune.models import tiny_llama
 from structprune.staging import STAGING, locked, staging_dir
-from structprune.surgery import CHECKPOINT_TOKEN, SIDECAR, install_checkpoint, read_sidecar
 from tests.test_reliability_inputs import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,8 +99,8 @@ def _checkpoint_bytes(folder: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize("step", ["weights", "install", "record"])
 def test_a_failed_overwrite_keeps_the_old_checkpoint(dense_dir, tmp_path, capsys, monkeypatch, step):
     """Each step of an overwrite fails in turn: the old checkpoint stays, byte for byte."""
+    import structprune.checkpoint
     import structprune.records
-    import structprune.surgery
 
     old = tmp_path / "ck"
     assert run_cli(capsys, *_prune(dense_dir, old))[0] == 0
@@ -122,7 +122,7 @@ def test_a_failed_overwrite_keeps_the_old_checkpoint(dense_dir, tmp_path, capsys
                 raise OSError(28, "No space left on device")
             return real_replace(src, dst)
 
-        monkeypatch.setattr(structprune.surgery.os, "replace", new_one_fails)
+        monkeypatch.setattr(structprune.checkpoint.os, "replace", new_one_fails)
     else:  # the run record
         monkeypatch.setattr(structprune.records, "write_record", fail)
     code, err = run_cli(capsys, *_prune(dense_dir, old, "--overwrite"))

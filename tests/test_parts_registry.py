@@ -8,9 +8,9 @@ import pytest
 from structprune import compose, prune
 from structprune.allocate import ALLOCATIONS
 from structprune.compensate import COMPENSATIONS
+from structprune.composition import COMPOSITION_FIELDS, PASS_OPTION_HELP
 from structprune.methods import METHODS
 from structprune.parts import EVIDENCE, SIGNATURES
-from structprune.pipeline import COMPOSITION_FIELDS, PASS_OPTION_HELP
 from structprune.scores import SCORES, TAYLOR_IMPORTANCES
 
 REGISTRIES = {"score": SCORES, "allocation": ALLOCATIONS, "compensation": COMPENSATIONS}

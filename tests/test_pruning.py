@@ -367,7 +367,7 @@ def test_a_pruned_checkpoint_of_an_unknown_family_is_refused_by_name(tiny, calib
 
 
 def test_unaligned_widths_for_a_gpu_are_named_loudly(tiny, calibration):
-    from structprune.methods import warn_unaligned_widths
+    from structprune.api import warn_unaligned_widths
 
     plan = prune(copy.deepcopy(tiny), "wanda_sp", 0.3, calibration=calibration).plan  # 96 - 28 = 68 channels
     with pytest.warns(UserWarning, match=r"3 of 3 layers keep an MLP width that is not a multiple of 8 .* round_to=8"):

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from structprune import apply_plan, compose, load_pruned, prune, save_pruned
-from structprune.architectures import count_parameters
+from structprune.architectures import AttentionGeometry, count_parameters
 from structprune.models import tiny_llama
-from structprune.pipeline import kept_query_heads
+from structprune.units import ATTENTION_UNITS, query_heads_kept
 
 from .helpers import logits
 
@@ -46,6 +46,12 @@ def test_pruned_heads_compute_the_reference_function(gqa, calibration, probe, ra
     assert all(layer.self_attn.num_key_value_groups == keep for layer in pruned.model.layers)
     assert torch.allclose(logits(pruned, probe), logits(zero_removed_heads(gqa, result.plan), probe), atol=1e-5, rtol=0)
     assert result.params_after == count_parameters(pruned) == result.plan.params_after
+
+
+def kept_query_heads(columns, groups, n_rep, head_dim, ratio):
+    geometry = AttentionGeometry(groups=groups, queries_per_group=n_rep, head_dim=head_dim, value_dim=head_dim,
+                                 hidden=64, q_bias=False, v_bias=False)
+    return ATTENTION_UNITS["query_head"].choose(columns, geometry, query_heads_kept(n_rep, ratio))
 
 
 def test_head_scores_are_the_sums_of_their_o_proj_column_scores():
@@ -92,3 +98,18 @@ def test_target_params_counts_query_heads(gqa, calibration):
 def test_query_heads_need_column_scores(gqa):
     with pytest.raises(ValueError, match="query-head units regroup o_proj column scores"):
         compose(score="taylor", attention_unit="query_head")
+
+
+def test_the_allocation_chooses_how_many_query_heads_each_layer_keeps(gqa, calibration, probe):
+    """Units inside KV groups follow the allocation's per-layer counts where it gives them (the counts allocation's
+    `inner`), and the plan's parameter count is the model's."""
+    composition = compose(score="wanda", allocation="counts", attention_unit="query_head", inner=[1, 4, 2])
+    result = prune(copy.deepcopy(gqa), composition, 0.5, calibration=calibration)
+    assert [len(layer[0]) for layer in result.plan.kept_heads] == [1, 4, 2]
+    assert all(len(kept) == len(layer[0]) for layer in result.plan.kept_heads for kept in layer)
+    assert result.params_after == count_parameters(result.model) == result.plan.params_after
+    assert torch.allclose(logits(result.model, probe), logits(zero_removed_heads(gqa, result.plan), probe),
+                          atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="inner must list one count per layer"):
+        prune(copy.deepcopy(gqa), compose(score="wanda", allocation="counts", attention_unit="query_head",
+                                          inner=[1, 2]), 0.5, calibration=calibration)

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from structprune import cli, compose, load_pruned, prune, save_pruned
+from structprune.checkpoint import check_output
 from structprune.models import load_model, tiny_llama
 from structprune.staging import staging_dir
-from structprune.surgery import check_output
 
 
 @pytest.fixture

@@ -78,7 +78,7 @@ def test_a_searched_composition_keeps_its_unit_pass_and_options(model, calibrati
     is refused with the reason, never silently made one-shot."""
     from dataclasses import asdict
 
-    from structprune.pipeline import composition_of
+    from structprune.apply import composition_of
     from structprune.search import with_counts
 
     composition = compose(score="wanda", allocation="uniform", compensation="least_squares",

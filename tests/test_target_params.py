@@ -55,7 +55,7 @@ def test_ratio_and_target_are_one_or_the_other(model):
 
 
 def test_top_up_spreads_the_shortfall_evenly_and_stops_at_each_layers_last_unit():
-    from structprune.pipeline import top_up_channels
+    from structprune.targets import top_up_channels
 
     # 10.4 channels of 100 parameters short over 4 layers: 10 channels, 3 + 3 + 2 + 2 (rounded to nearest)
     assert top_up_channels(1040, [50, 50, 50, 50], [100] * 4, 1) == [3, 3, 2, 2]

@@ -1,9 +1,9 @@
 """structprune: retraining-free structured pruning of large language models.
 
-Pipeline (one direction): calibration batches (data) -> statistics (stats) -> scores (scores) ->
-allocation (allocate) -> compensation (compensate) -> surgery -> pruned model -> evaluation (evaluate,
-speed) -> run record (records) -> report. `pipeline` runs a composition of parts; `methods` declares the
-paper methods as compositions.
+Pipeline (one direction): calibration batches (data) -> evidence (stats, evidence) -> scores (scores) ->
+allocation (allocate) -> compensation and cut (compensate, apply, surgery) -> pruned model -> checkpoint ->
+evaluation (evaluate, speed) -> run record (records) -> report. `api.prune` checks its input and runs a
+composition of parts (`composition`) through `pipeline`; `methods` declares the paper methods as compositions.
 """
 
 __version__ = "0.1.0"
@@ -12,11 +12,11 @@ __version__ = "0.1.0"
 # does not pay for transformers' modeling code. Every name is a function or class; submodules (such as
 # `structprune.speed`) are always the modules, whatever was imported first.
 _EXPORTS = {
-    "Plan": "allocate", "calibration_batches": "data", "evaluation_text": "data", "perplexity": "evaluate",
-    "zero_shot": "evaluate", "export_gguf": "export", "METHODS": "methods", "PruneResult": "methods", "prune": "methods", "prune_streamed": "methods",
-    "Composition": "pipeline", "compose": "pipeline", "load_model": "models", "tiny_llama": "models",
-    "load_records": "records", "write_record": "records", "apply_plan": "surgery", "load_pruned": "surgery",
-    "save_pruned": "surgery", "streamed_perplexity": "streaming",
+    "Plan": "plan", "calibration_batches": "data", "evaluation_text": "data", "perplexity": "evaluate",
+    "zero_shot": "evaluate", "export_gguf": "export", "METHODS": "methods", "PruneResult": "api", "prune": "api",
+    "prune_streamed": "api", "Composition": "composition", "compose": "composition", "load_model": "models",
+    "tiny_llama": "models", "load_records": "records", "write_record": "records", "apply_plan": "apply",
+    "load_pruned": "models", "save_pruned": "checkpoint", "streamed_perplexity": "streaming",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -23,126 +23,15 @@ drop the lowest-scored unit).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 
 from .architectures import LayerShape
 from .parts import Part
-
-
-@dataclass
-class Plan:
-    method: str
-    ratio: float
-    kept_groups: list[list[int]]  # per layer, sorted indices of the KV groups kept
-    kept_channels: list[list[int]]  # per layer, sorted indices of the MLP channels kept
-    dense_groups: list[int]  # per layer, KV groups before pruning
-    dense_channels: list[int]
-    group_params: list[int]  # per layer, parameters of one KV group / one channel
-    channel_params: list[int]
-    params_before: int  # whole model
-    new_bias_params: int = 0  # bias entries added to modules that had no bias
-    o_bias: list[list[float] | None] = field(default_factory=list)  # per layer, added to o_proj's bias
-    down_bias: list[list[float] | None] = field(default_factory=list)
-    options: dict = field(default_factory=dict)
-    # Method-specific numbers behind the plan (CFSP: block importance, keep ratios), for figures and recovery.
-    extras: dict = field(default_factory=dict)
-    # FASP: per layer, per KV group, the value channels kept (None: all), and the parameters those cuts
-    # removed (v_proj rows and o_proj columns; units outside whole groups and channels).
-    kept_values: list[list[list[int]] | None] | None = None
-    value_params_removed: int = 0  # also the parameters that query-head cuts removed
-    # Query-head units: per layer, per KV group, the query heads kept (indices within the group; None: all).
-    kept_heads: list[list[list[int]] | None] | None = None
-    # The parts that made the plan (score, allocation, compensation and their options, attention unit,
-    # sequential): a compensation that changes kept weights (least squares) is re-run from them by
-    # `apply_plan`, deterministically, on the plan's calibration tokens.
-    parts: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        layers = len(self.kept_groups)
-        self.o_bias = self.o_bias or [None] * layers
-        self.down_bias = self.down_bias or [None] * layers
-
-    @property
-    def params_removed(self) -> int:
-        units = sum((g0 - len(g)) * gp + (c0 - len(c)) * cp for g, c, g0, c0, gp, cp in zip(
-            self.kept_groups, self.kept_channels, self.dense_groups, self.dense_channels,
-            self.group_params, self.channel_params, strict=True))
-        return units + self.value_params_removed
-
-    @property
-    def params_after(self) -> int:
-        return self.params_before - self.params_removed + self.new_bias_params
-
-    @property
-    def prunable_params(self) -> int:
-        """Parameters of the prunable units (attention + MLP linears of the decoder layers)."""
-        return sum(g0 * gp + c0 * cp for g0, c0, gp, cp in zip(
-            self.dense_groups, self.dense_channels, self.group_params, self.channel_params, strict=True))
-
-    def summary(self) -> dict:
-        """What a record needs: counts and fractions, not the kept indices."""
-        return {
-            "method": self.method,
-            "ratio": self.ratio,
-            "params_before": self.params_before,
-            "params_after": self.params_after,
-            "params_removed": self.params_removed,
-            "removed_fraction_of_prunable": self.params_removed / max(self.prunable_params, 1),
-            "removed_fraction_of_model": 1 - self.params_after / self.params_before,
-            "kept_groups_per_layer": [len(g) for g in self.kept_groups],
-            "kept_channels_per_layer": [len(c) for c in self.kept_channels],
-            "dense_groups_per_layer": self.dense_groups,
-            "dense_channels_per_layer": self.dense_channels,
-            "options": self.options,
-            **({"parts": self.parts} if self.parts else {}),
-            **({"extras": self.extras} if self.extras else {}),
-        }
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-    @property
-    def restores_weights(self) -> bool:
-        """True when the plan's compensation rewrites kept weights (re-applying it needs calibration data)."""
-        from .compensate import COMPENSATIONS
-
-        name = (self.parts.get("compensation") or {}).get("name", "none")
-        return COMPENSATIONS[name].rewrites_weights
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Plan:
-        data = dict(data)
-        if "parts" not in data and data.get("method") == "fasp":
-            # FASP-style plans written before plans named their parts: the restoration they ran.
-            options = data.get("options", {})
-            data["parts"] = {"compensation": {"name": "least_squares" if options.get("restore", True) else "none",
-                                              "damping": options.get("damping", 0.01),
-                                              "solver_dtype": options.get("solver_dtype", "float64")},
-                             "sequential": options.get("sequential", True),
-                             "attention_unit": "value_channel" if options.get("attention", True) else "kv_group"}
-        return cls(**data)
-
-    @classmethod
-    def from_json(cls, text: str) -> Plan:
-        return cls.from_dict(json.loads(text))
-
-    def save(self, path: str | Path) -> None:
-        from .records import atomic_write_text
-
-        atomic_write_text(Path(path), self.to_json())
-
-    @classmethod
-    def load(cls, path: str | Path) -> Plan:
-        return cls.from_json(Path(path).read_text())
+from .scores import fuse, mean_batch_taylor
 
 
 def check_ratio(ratio: float) -> float:
@@ -320,6 +209,9 @@ class Kept:
     groups: list[list[int]]
     channels: list[list[int]]
     extras: dict = field(default_factory=dict)
+    # Per layer, how many units inside every KV group to keep, for compositions whose attention unit lies inside
+    # groups (value channels, query heads); None: the unit's uniform rule (`units.py`).
+    inner: list[int | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -489,8 +381,6 @@ def saap(scores, budget: Budget, evidence, excluded: int | None = None, max_laye
     """Layers ranked by M_l (Taylor importances fused per module type across layers: fused per layer, every
     layer's mean would be the same constant and rank nothing); the `excluded` most fluctuating layers are
     never pruned; the fewest least important others take LLM-Pruner's parameter count at the same ratio."""
-    from .scores import fuse, mean_batch_taylor
-
     shapes, ratio = budget.shapes, budget.ratio
     num_layers = len(shapes)
     start, end = default_layer_range(num_layers)
@@ -512,10 +402,11 @@ def saap(scores, budget: Budget, evidence, excluded: int | None = None, max_laye
 
 
 def counts(scores, budget: Budget, evidence=None, groups: list[int] | None = None,
-           channels: list[int] | None = None) -> Kept:
+           channels: list[int] | None = None, inner: list[int] | None = None) -> Kept:
     """Per-layer kept counts given explicitly (an allocation search's result, `search.search_allocation`): layer
     i keeps its groups[i] highest-scored KV groups and channels[i] highest-scored MLP channels (None: all of
-    that kind). The ratio is not read."""
+    that kind), and, with units inside KV groups (value channels, query heads), inner[i] of them in every group
+    (None: the unit's uniform rule at the ratio). The ratio is read for nothing else."""
     shapes = budget.shapes
     wanted = {"groups": (groups, [s.kv_groups for s in shapes]), "channels": (channels, [s.channels for s in shapes])}
     for kind, (given, dense) in wanted.items():
@@ -526,7 +417,9 @@ def counts(scores, budget: Budget, evidence=None, groups: list[int] | None = Non
                    for i, s in enumerate(scores)]
     kept_channels = [keep_highest(s.channels, channels[i] if channels is not None else s.channels.numel())
                      for i, s in enumerate(scores)]
-    return Kept(kept_groups, kept_channels)
+    if inner is not None and len(inner) != len(shapes):
+        raise ValueError(f"counts: inner must list one count per layer ({len(shapes)}), got {inner}")
+    return Kept(kept_groups, kept_channels, inner=list(inner) if inner is not None else None)
 
 
 ALLOCATIONS: dict[str, Allocation] = {rule.name: rule for rule in (
@@ -554,6 +447,8 @@ ALLOCATIONS: dict[str, Allocation] = {rule.name: rule for rule in (
                 "layer_fusion": "closed | learned: the fusion that ranks layers"},
                summary="SAAP-style: least important, least fluctuating layers, at LLM-Pruner's size"),
     Allocation("counts", counts, option_help={"groups": "KV groups kept per layer (a list; None: all)",
-                            "channels": "MLP channels kept per layer (a list; None: all)"},
+                            "channels": "MLP channels kept per layer (a list; None: all)",
+                            "inner": "value channels or query heads kept in every KV group, per layer (a list; "
+                                     "None: the unit's uniform rule)"},
                summary="per-layer kept counts given explicitly (an allocation search's result)", layerwise=False),
 )}

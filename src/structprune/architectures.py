@@ -131,6 +131,33 @@ def value_head_dim(attention: nn.Module, adapter: Adapter, kv_groups: int, confi
 
 
 @dataclass(frozen=True)
+class AttentionGeometry:
+    """One decoder layer's attention as it is now: KV groups, query heads per group, head and value widths,
+    and which projections carry a bias (the numbers every attention unit is chosen, counted and cut by)."""
+
+    groups: int
+    queries_per_group: int
+    head_dim: int
+    value_dim: int
+    hidden: int
+    q_bias: bool
+    v_bias: bool
+
+
+def attention_geometry(model, index: int) -> AttentionGeometry:
+    adapter, config = adapter_for(model), model.config
+    attn = attention_of(decoder_layers(model)[index], adapter)
+    d = head_dim(config)
+    k = getattr(attn, adapter.k, None)
+    groups = 0 if k is None else k.out_features // d
+    q, v = getattr(attn, adapter.q, None), getattr(attn, adapter.v, None)
+    return AttentionGeometry(groups=groups, queries_per_group=layer_queries_per_group(attn, adapter, groups, config),
+                             head_dim=d, value_dim=value_head_dim(attn, adapter, groups, config),
+                             hidden=config.hidden_size, q_bias=q is not None and q.bias is not None,
+                             v_bias=v is not None and v.bias is not None)
+
+
+@dataclass(frozen=True)
 class LayerShape:
     """The prunable widths of one decoder layer and the parameters of one unit of each kind."""
 

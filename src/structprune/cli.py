@@ -42,7 +42,7 @@ def _perplexities(model, tokenizer, datasets: str | None, seqlen: int, max_windo
 
 
 def cmd_evaluate(args) -> int:
-    from .methods import check_finite_weights
+    from .api import check_finite_weights
     from .models import load_model
     from .records import write_record
     from .staging import check_file_output
@@ -138,9 +138,10 @@ def evaluate_streamed(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from .api import check_finite_weights
+    from .checkpoint import check_local_folder
     from .export import export_gguf, export_size
-    from .methods import check_finite_weights
-    from .models import check_local_folder, load_model, resolve_model_spec
+    from .models import load_model, resolve_model_spec
     from .staging import check_file_output, check_free_space
 
     output = Path(args.output)
@@ -190,7 +191,7 @@ def _method_or_composition(args, options: dict):
     if not parts:
         raise ValueError("name a paper method (--method flap) or parts (--score wifv --allocation cfsp "
                          "--compensation least_squares); `structprune methods` lists both")
-    from .pipeline import compose
+    from .composition import compose
 
     return compose(**parts, **options)
 
@@ -223,10 +224,10 @@ def _streamed_perplexities(where, tokenizer, datasets: str | None, seqlen: int, 
 
 
 def cmd_prune(args) -> int:
-    from .methods import prune, prune_streamed
+    from .api import prune, prune_streamed
+    from .checkpoint import CHECKPOINT_TOKEN, check_output, save_pruned
     from .models import describe_model, load_model, local_tokenizer, resolve_device_dtype, resolve_model_spec
     from .records import environment, write_record
-    from .surgery import CHECKPOINT_TOKEN, check_output, save_pruned
 
     options = _parse_options(args.option)
     if "target_params" in options:
@@ -335,8 +336,8 @@ def check_free_space(output: Path, model) -> None:
 def cmd_methods(args) -> int:
     from .allocate import ALLOCATIONS
     from .compensate import COMPENSATIONS
+    from .composition import COMPOSITION_FIELDS, PASS_OPTION_HELP, Composition
     from .methods import METHODS
-    from .pipeline import COMPOSITION_FIELDS, PASS_OPTION_HELP, Composition
     from .scores import SCORE_ALIASES, SCORES
 
     print("Paper methods (--method NAME --option KEY=VALUE):")

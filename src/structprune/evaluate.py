@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from .architectures import window_bos_id
-from .data import evaluation_text
+from .data import default_data_dir, evaluation_text
+from .loglikelihood import shared_context_lm
 from .progress import progress
 
 
@@ -239,8 +240,6 @@ def zero_shot(model, tokenizer, tasks=PAPER_TASKS, limit: int | None = None, bat
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from .data import default_data_dir
-    from .loglikelihood import shared_context_lm
 
     if isinstance(tasks, str):
         tasks = [t.strip() for t in tasks.split(",") if t.strip()]

@@ -14,14 +14,17 @@ from __future__ import annotations
 import copy
 import functools
 
-from .allocate import Plan
+from .api import prune
+from .apply import apply_plan
 from .architectures import count_parameters, window_bos_id
+from .composition import COMPOSED, Composition, compose, composition_from
+from .data import calibration_batches, random_calibration
 from .evaluate import PAPER_TASKS, perplexity, zero_shot
-from .methods import get_method, prune, resolve_options
-from .pipeline import COMPOSED, Composition, compose, composition_from
+from .methods import get_method, resolve_options
+from .plan import Plan
 from .progress import progress
 from .records import config_hash, run_once
-from .surgery import apply_plan
+from .speed import macs_per_token, prefill_macs, speed
 
 
 @functools.lru_cache(maxsize=2)
@@ -227,7 +230,6 @@ def calibration_tokens(tokenizer, calibration: dict, bos_token_id: int | None = 
     `bos_token_id` for the families that need it), checked against the digest the record holds."""
     import hashlib
 
-    from .data import calibration_batches
 
     ids = calibration_batches(tokenizer, calibration["dataset"], calibration["nsamples"], calibration["seqlen"],
                               calibration["seed"], bos_token_id=bos_token_id)
@@ -327,8 +329,6 @@ def perplexity_run(record: dict, seqlen: int, max_windows: int | None = None, da
 def macs_of(record: dict, prompt_tokens: int = 512, new_tokens: int = 128) -> dict[str, float]:
     """MACs of the model of a pruning record, from its real widths: one batch-1 prefill of `prompt_tokens`
     (`speed.prefill_macs`), and one decode step at the mean context of `new_tokens` steps after it."""
-    from .speed import macs_per_token, prefill_macs
-
     model = rebuild(record)[0]
     return {"prefill": prefill_macs(model, 1, prompt_tokens),
             "decode": macs_per_token(model, context=prompt_tokens + new_tokens / 2)["total"]}
@@ -357,8 +357,6 @@ def speed_run(record: dict, threads: int | None = 2, repeats: int = 3, baseline:
     """Measured speed (structprune.speed.speed) of the model of a pruning record. With `baseline` (another
     pruning record, e.g. the dense model's), that model is timed too, just before, in the same process
     (metrics `baseline_speed`): a speedup then never divides timings taken on different days or machines."""
-    from .speed import speed
-
     of, pruning = model_identity(record)
     config = {"of": of, "pruning": pruning, "threads": threads, "repeats": repeats,
               **speed_options}
@@ -383,7 +381,6 @@ def fasp_time_run(hidden: int, tokens: tuple[int, int] = (8, 128), layers: int =
 
     import torch
 
-    from .data import random_calibration
     from .models import tiny_llama
 
     config = {"method": "fasp", "ratio": 0.2, "hidden": hidden, "layers": layers, "intermediate": int(2.75 * hidden),

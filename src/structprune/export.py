@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .architectures import adapter_for, attention_of, decoder_layers, head_dim, mlp_of, model_type_of
+from .checkpoint import safetensors_header, weight_files
 from .staging import remove_orphans, temporary_file, tidy
 
 GGUF_DTYPES = ("f32", "f16", "q8_0")
@@ -69,8 +70,6 @@ def export_size(where: Path, dtype: str) -> int:
     """An upper bound on the GGUF file of the checkpoint in `where` (its tensors' elements, from the safetensors
     headers, at `dtype`; norms and unquantisable tensors stay f32, so 4 bytes for each of them), plus 64 MiB for
     the tokenizer and metadata."""
-    from .models import safetensors_header, weight_files
-
     if dtype not in GGUF_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(GGUF_DTYPES)}, got {dtype!r}")
     elements = [int(np.prod(entry["shape"])) for name in weight_files(where)

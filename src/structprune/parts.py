@@ -17,7 +17,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-# The evidence the calibration passes can collect (`pipeline.Evidence`): what a part may name in `needs`.
+# The evidence the calibration passes can collect (`evidence.Evidence`): what a part may name in `needs`.
 EVIDENCE = frozenset({"stats", "gram", "gradients", "fisher", "batch_taylor", "block_importance"})
 SIGNATURES = {"score": ("model", "index", "evidence"), "allocation": ("scores", "budget", "evidence"),
               "compensation": ("weight", "stats", "kept")}

@@ -19,20 +19,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .paths import results_dir
 from .staging import remove_orphans, temporary_file, tidy
 
-RESULTS_ENV = "STRUCTPRUNE_RESULTS"
 # When set, every run_once appends a JSON line {experiment, run_id, computed} to this file: which records a
 # notebook used (make reproduce keeps one log per notebook; report.compute_cost sums their recorded times).
 RECORD_LOG_ENV = "STRUCTPRUNE_RECORD_LOG"
-
-
-def results_dir() -> Path:
-    """$STRUCTPRUNE_RESULTS, default the repository's results/ folder (or ./results)."""
-    if os.environ.get(RESULTS_ENV):
-        return Path(os.environ[RESULTS_ENV])
-    repo = Path(__file__).resolve().parents[2]
-    return repo / "results" if (repo / "pyproject.toml").is_file() else Path.cwd() / "results"
 
 
 def config_hash(config: dict) -> str:

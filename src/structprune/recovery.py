@@ -16,6 +16,10 @@ import time
 import torch
 from torch import nn
 
+from .architectures import adapter_for
+from .data import instruction_rows
+from .progress import progress as show
+
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PROMPT_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -67,8 +71,6 @@ def importance_guided_ranks(model, keep_ratios: list[float], rank: int = 8, dire
     CFSP's sigmoid score s_l), "pruned" by what they lost (w_l = 1 - keep_l), "uniform" gives every block
     `rank`. Returns peft's `rank_pattern`: full module name -> rank, for every LoRA target of every block.
     """
-    from .architectures import adapter_for
-
     if direction not in RANK_DIRECTIONS:
         raise ValueError(f"unknown LoRA rank direction {direction!r}: choose one of {', '.join(RANK_DIRECTIONS)}")
     keep = torch.tensor(keep_ratios, dtype=torch.float64)
@@ -86,8 +88,6 @@ def importance_guided_ranks(model, keep_ratios: list[float], rank: int = 8, dire
 
 
 def _training_rows(tokenizer, batch_size: int, micro_batch_size: int, nsamples: int | None, seed: int, data_path):
-    from .data import instruction_rows
-
     if batch_size % micro_batch_size:
         raise ValueError(f"batch_size {batch_size} must be a multiple of micro_batch_size {micro_batch_size}")
     rows, source = instruction_rows(data_path)
@@ -100,8 +100,6 @@ def _train(forward_model, trainable: list[nn.Parameter], tokenizer, rows: list[d
            batch_size: int, micro_batch_size: int, cutoff_len: int, warmup_steps: int, device, desc: str,
            progress: bool) -> list[tuple[int, float]]:
     """AdamW on `trainable` with the Alpaca examples of `rows` (LLM-Pruner's recipe); the loss curve."""
-    from .progress import progress as show
-
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     optimiser = torch.optim.AdamW(trainable, lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(

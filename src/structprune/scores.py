@@ -4,7 +4,7 @@ One signature for every score (`docs/methods.md` gives each one's equation and p
 
     score(model, index, evidence, **options) -> LayerScores
 
-`evidence` (`pipeline.Evidence`) holds what the calibration passes measured: per-layer input
+`evidence` (`evidence.Evidence`) holds what the calibration passes measured: per-layer input
 statistics of o_proj and down_proj, LM-loss gradients, per-batch Taylor importances. A score reads only
 the layer `index` (so a sequential pass can score one layer at a time), and names what it reads in
 `Score.needs`, so the passes collect exactly that.

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from .pipeline import GRADIENT_EVIDENCE, Composition
+from .composition import GRADIENT_EVIDENCE, Composition
 from .progress import progress
 
 
@@ -70,7 +70,7 @@ def search_allocation(model, composition: Composition, target_params: float, cal
                       mutations: int = 2, seed: int = 0) -> SearchResult:
     """Search per-layer kept counts for `composition` (its score and compensation) that remove `target_params`
     of the model's parameters (see the module docstring); `model` is left unchanged."""
-    from .methods import prune
+    from .api import prune
 
     composition.check()
     if composition.sequential or composition.needs() & GRADIENT_EVIDENCE or composition.attention_unit != "kv_group":

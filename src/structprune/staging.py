@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .paths import cache_dir
+
 STAGING = ".structprune-tmp"
 MARKER = "STRUCTPRUNE"
 MARKER_TEXT = ("Temporaries, backups and locks of structprune's writers in the folder above. Entries of processes\n"
@@ -159,8 +161,6 @@ def remove_tree(path: Path) -> None:
 
 def lock_file(path: Path) -> Path:
     """The lock of destination `path`: named by its absolute path, in the cache folder (never beside it)."""
-    from .models import cache_dir
-
     key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:32]
     return cache_dir() / "locks" / f"{key}.lock"
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from .architectures import adapter_for, decoder_layers
 from .progress import progress
+from .scores import coupled_members
 
 
 class ChannelStats:
@@ -291,8 +292,6 @@ def lm_loss_gradients(model, calibration: torch.Tensor, layers: Sequence[int], s
     """Gradients (and, if asked, the diagonal Fisher: the mean over samples of (dL_n/dW)^2, one backward per
     sample) of the LM loss for the prunable linears of `layers` only; every other parameter is frozen, so no
     gradient memory is spent on it. Returns ({linear: dL/dW}, {linear: Fisher diagonal} or None)."""
-    from .scores import coupled_members
-
     linears = [m for i in layers for m in coupled_members(model, i).values()]
     saved = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():

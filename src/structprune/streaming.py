@@ -19,21 +19,16 @@ Passes over the weights, per kind of method (`pipeline.run` with `stream=`):
     SAAP-style)                        model with accelerate offload (--device auto) instead
 The result is the in-memory result: the same operations on the same tensors, one layer at a time.
 
-The output checkpoint is a pruned checkpoint directory like `surgery.save_pruned`'s, with one shard per
+The output checkpoint is a pruned checkpoint directory like `checkpoint.save_pruned`'s, with one shard per
 decoder layer plus one for the rest, written into a temporary sibling that is renamed into place at the
 end: an interrupted run leaves no half-written checkpoint, and the next run removes its temporary.
 """
 
 from __future__ import annotations
 
-import errno
-import json
-import os
-import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,8 +36,10 @@ import torch
 from torch import nn
 
 from .architectures import adapter_for, decoder_layers
+from .checkpoint import CheckpointWriter, check_local_weights, safetensors_header, shard_name, weight_files
+from .evaluate import BATCH_TOKENS, check_windows, evaluation_ids, summarise_windows, with_protocol
 from .progress import progress
-from .stats import all_finite
+from .stats import all_finite, capture_layer_inputs
 
 
 class CheckpointReader:
@@ -52,8 +49,6 @@ class CheckpointReader:
     damaged checkpoint fails in a second, not after hours."""
 
     def __init__(self, where: str | Path):
-        from .models import check_local_weights, safetensors_header, weight_files
-
         self.where = Path(where)
         if not (self.where / "config.json").is_file():
             raise FileNotFoundError(f"{self.where} is not a model checkpoint folder: config.json is missing")
@@ -142,103 +137,6 @@ def skeleton(reader: CheckpointReader, dtype: torch.dtype, device: str = "cpu") 
         if param.device.type != "meta" and not all_finite(param):
             raise FloatingPointError(f"NaN or Inf in {name} of {reader.where}: the checkpoint is damaged")
     return model
-
-
-class CheckpointWriter:
-    """A pruned checkpoint written shard by shard into a temporary sibling of `path`, renamed into place by
-    `finish` (see the module docstring)."""
-
-    def __init__(self, path: str | Path, overwrite: bool = False, expected_bytes: int = 0):
-        from .staging import check_free_space, remove_orphans, temporary_dir
-        from .surgery import check_output
-
-        self.path = Path(path)
-        check_output(self.path, overwrite)
-        self.overwrite = overwrite
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        remove_orphans(self.path.parent)  # what an interrupted run left behind
-        check_free_space(self.path, expected_bytes)
-        self.tmp = temporary_dir(self.path)
-        self.weight_map: dict[str, str] = {}
-        self.total_bytes = 0
-        # One shard is written in the background while the next layer is read and cut (the disk and the CPU
-        # work at once); at most one write is in flight, so at most one written layer waits in memory.
-        self._writing: Future | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="structprune-writer")
-
-    def write(self, shard: str, tensors: dict[str, torch.Tensor]) -> None:
-        """Write one shard (atomically within the temporary folder), in the background; a failure of the
-        previous write is raised here."""
-        tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
-        self.wait()
-        self._writing = self._executor.submit(self._write_now, shard, tensors)
-        for key, tensor in tensors.items():
-            self.weight_map[key] = shard
-            self.total_bytes += tensor.numel() * tensor.element_size()
-
-    def _write_now(self, shard: str, tensors: dict[str, torch.Tensor]) -> None:
-        from safetensors.torch import save_file
-
-        try:
-            save_file(tensors, str(self.tmp / (shard + ".partial")), metadata={"format": "pt"})
-            os.replace(self.tmp / (shard + ".partial"), self.tmp / shard)
-        except Exception as error:  # safetensors reports a failed write as its own error type
-            code = getattr(error, "errno", None)
-            if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error):
-                raise OSError(code or errno.ENOSPC, f"disk full while writing {shard} of {self.path}: nothing was "
-                              "kept; free space or choose another --output, then run again") from None
-            raise
-
-    def wait(self) -> None:
-        """Wait for the write in flight; its error, if it failed (the temporary folder is then removed)."""
-        writing, self._writing = self._writing, None
-        if writing is not None:
-            try:
-                writing.result()
-            except BaseException:
-                self.abort()
-                raise
-
-    def finish(self, model: nn.Module, tokenizer, provenance: dict,
-               before_commit: Callable[[], object] | None = None) -> Path:
-        """Write the index, config, tokenizer, modeling file and provenance; rename into place
-        (`surgery.install_checkpoint`: before_commit runs before a replaced checkpoint is deleted)."""
-        from . import pruned_modeling
-        from .staging import tidy
-        from .surgery import MODELING_FILE, SIDECAR, install_checkpoint
-
-        self.wait()
-        self._executor.shutdown()
-        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(self.weight_map.items()))}
-        (self.tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        model.config.save_pretrained(self.tmp)
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(self.tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(self.tmp)
-        shutil.copyfile(pruned_modeling.__file__, self.tmp / MODELING_FILE)
-        (self.tmp / SIDECAR).write_text(json.dumps(provenance, indent=2, default=str) + "\n")
-        try:
-            install_checkpoint(self.tmp, self.path, self.overwrite, before_commit)
-        finally:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            tidy(self.path.parent)
-        return self.path
-
-    def abort(self) -> None:
-        """Remove the temporary folder (after any write in flight)."""
-        from .staging import tidy
-
-        writing, self._writing = self._writing, None
-        if writing is not None:
-            wait_futures([writing])
-        self._executor.shutdown()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        tidy(self.path.parent)
-
-
-def shard_name(number: int, total: int) -> str:
-    return f"model-{number:05d}-of-{total:05d}.safetensors"
 
 
 class LayerStream:
@@ -369,9 +267,6 @@ def streamed_perplexity_of_ids(stream: LayerStream, ids: torch.Tensor, seqlen: i
     """`evaluate.perplexity_of_ids` of the stream's model, layer by layer over all windows: the windows'
     hidden states stay resident (in groups of at most `max_activation_bytes`; each group reads the weights
     once), one layer's weights at a time. The same batches as in memory, so the same numbers."""
-    from .evaluate import BATCH_TOKENS, check_windows, summarise_windows
-    from .stats import capture_layer_inputs
-
     model = stream.model
     chunks = check_windows(model, ids, seqlen, max_windows, batch_size)
     windows = chunks.shape[0]
@@ -439,8 +334,6 @@ def streamed_perplexity(model_dir: str | Path, tokenizer, dataset: str = "wikite
                         seqlen: int = 128, max_windows: int | None = None, batch_size: int = 8,
                         dtype: torch.dtype = torch.float32, device: str = "cpu", data_path=None) -> dict:
     """`evaluate.perplexity` of the checkpoint in `model_dir` without loading it whole (one layer resident)."""
-    from .evaluate import evaluation_ids, with_protocol
-
     stream = open_stream(model_dir, dtype, device)
     ids = evaluation_ids(tokenizer, dataset, split, data_path)
     result = streamed_perplexity_of_ids(stream, ids, seqlen, max_windows, batch_size)

@@ -15,43 +15,24 @@ modeling_structpruned.py, tokenizer files, and pruning.json (provenance).
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from .allocate import Plan
 from .architectures import (
     adapter_for,
+    attention_geometry,
     attention_of,
     decoder_layers,
     head_dim,
-    layer_queries_per_group,
     mlp_of,
     model_type_of,
-    queries_per_group,
     value_head_dim,
-)
-from .staging import (
-    STAGING,
-    backup_path,
-    locked,
-    remove_orphans,
-    remove_tree,
-    stranded_backups,
-    temporary_dir,
-    tidy,
 )
 
 # pruned_modeling (the pruned model classes) imports transformers' modeling code, which costs seconds; it is
 # imported where a model is cut or saved, so reading records and building configs stays fast.
 
-SIDECAR = "pruning.json"
+
 MODELING_FILE = "modeling_structpruned.py"
 
 
@@ -80,7 +61,7 @@ def _sliced(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Ten
     return new
 
 
-def _unit_rows(kept: list[int], width: int) -> torch.Tensor:
+def unit_indices(kept: list[int], width: int) -> torch.Tensor:
     """Row (or column) indices of the kept units, each `width` consecutive rows wide."""
     if not kept:
         return torch.zeros(0, dtype=torch.long)
@@ -97,13 +78,10 @@ def prune_layer(model, index: int, kept_groups: list[int], kept_channels: list[i
     biases (vectors of hidden size) to o_proj / down_proj."""
     adapter, config = adapter_for(model), model.config
     layer = decoder_layers(model)[index]
-    d = head_dim(config)
     attn, mlp = attention_of(layer, adapter), mlp_of(layer, adapter)
     o = attn.get_submodule(adapter.o)
-    k = getattr(attn, adapter.k, None)
-    groups = 0 if k is None else k.out_features // d
-    n_rep = layer_queries_per_group(attn, adapter, groups, config)
-    dv = value_head_dim(attn, adapter, groups, config)
+    geometry = attention_geometry(model, index)
+    groups, n_rep, d, dv = geometry.groups, geometry.queries_per_group, geometry.head_dim, geometry.value_dim
     if sorted(kept_groups) != list(kept_groups) or any(not 0 <= g < groups for g in kept_groups):
         raise ValueError(f"layer {index}: kept KV groups must be sorted indices in [0, {groups}), got {kept_groups}")
     if len(kept_groups) < groups or o_bias is not None:
@@ -116,8 +94,8 @@ def prune_layer(model, index: int, kept_groups: list[int], kept_channels: list[i
             empty.set_submodule(adapter.o, bias)
             layer.set_submodule(adapter.attention, empty)
         else:
-            q_rows, k_rows = _unit_rows(kept_groups, n_rep * d), _unit_rows(kept_groups, d)
-            v_rows, o_cols = _unit_rows(kept_groups, dv), _unit_rows(kept_groups, n_rep * dv)
+            q_rows, k_rows = unit_indices(kept_groups, n_rep * d), unit_indices(kept_groups, d)
+            v_rows, o_cols = unit_indices(kept_groups, dv), unit_indices(kept_groups, n_rep * dv)
             attn.set_submodule(adapter.q, _sliced(attn.get_submodule(adapter.q), rows=q_rows))
             attn.set_submodule(adapter.k, _sliced(attn.get_submodule(adapter.k), rows=k_rows))
             attn.set_submodule(adapter.v, _sliced(attn.get_submodule(adapter.v), rows=v_rows))
@@ -156,12 +134,10 @@ def prune_value_channels(model, index: int, kept_values: list[list[int]]) -> Non
     """FASP's attention cut: keep, in every KV group g, the value channels kept_values[g] (the same count
     in each group, so every head keeps one value width): v_proj rows (g, c) and the o_proj columns (h, c)
     of every query head h that reads group g (docs/methods.md, FASP-style)."""
-    adapter, config = adapter_for(model), model.config
-    layer = decoder_layers(model)[index]
-    attn = attention_of(layer, adapter)
-    n_rep, d = queries_per_group(config), head_dim(config)
-    groups = attn.get_submodule(adapter.k).out_features // d
-    dv = value_head_dim(attn, adapter, groups, config)
+    adapter = adapter_for(model)
+    attn = attention_of(decoder_layers(model)[index], adapter)
+    geometry = attention_geometry(model, index)
+    groups, n_rep, d, dv = geometry.groups, geometry.queries_per_group, geometry.head_dim, geometry.value_dim
     width = _per_group_width(kept_values, groups, dv, f"layer {index}: kept value channels")
     if width == dv:
         return
@@ -178,27 +154,25 @@ def prune_query_heads(model, index: int, kept_heads: list[list[int]]) -> None:
     """Query-head units inside KV groups: keep, in every KV group g, the query heads kept_heads[g] (indices
     within the group, the same count in every group, so the layer keeps a whole queries-per-group ratio): their
     q_proj rows and o_proj columns. The KV heads stay; each serves its group's remaining query heads."""
-    adapter, config = adapter_for(model), model.config
+    adapter = adapter_for(model)
     attn = attention_of(decoder_layers(model)[index], adapter)
-    d = head_dim(config)
-    groups = attn.get_submodule(adapter.k).out_features // d
-    n_rep = layer_queries_per_group(attn, adapter, groups, config)
-    dv = value_head_dim(attn, adapter, groups, config)
+    geometry = attention_geometry(model, index)
+    groups, n_rep, d, dv = geometry.groups, geometry.queries_per_group, geometry.head_dim, geometry.value_dim
     width = _per_group_width(kept_heads, groups, n_rep, f"layer {index}: kept query heads")
     if width == 0:
         raise ValueError(f"layer {index}: every KV group must keep at least one query head")
     if width == n_rep:
         return
     heads = [g * n_rep + r for g, kept in enumerate(kept_heads) for r in kept]
-    attn.set_submodule(adapter.q, _sliced(attn.get_submodule(adapter.q), rows=_unit_rows(heads, d)))
-    attn.set_submodule(adapter.o, _sliced(attn.get_submodule(adapter.o), cols=_unit_rows(heads, dv)))
+    attn.set_submodule(adapter.q, _sliced(attn.get_submodule(adapter.q), rows=unit_indices(heads, d)))
+    attn.set_submodule(adapter.o, _sliced(attn.get_submodule(adapter.o), cols=unit_indices(heads, dv)))
     if hasattr(attn, "num_key_value_groups"):  # the stock attention's repeat of each KV head
         attn.num_key_value_groups = width
 
 
 def head_columns(kept_heads: list[list[int]], n_rep: int, dv: int) -> torch.Tensor:
     """The o_proj input columns of the query heads `kept_heads[g]` kept in every KV group g."""
-    return _unit_rows([g * n_rep + r for g, kept in enumerate(kept_heads) for r in kept], dv)
+    return unit_indices([g * n_rep + r for g, kept in enumerate(kept_heads) for r in kept], dv)
 
 
 def layer_shapes_of(model) -> list[dict]:
@@ -296,250 +270,3 @@ def finalize_pruned(model):
     model.config = new
     model.__class__ = model_class
     return model
-
-
-def apply_plan(model, plan: Plan, calibration: torch.Tensor | None = None):
-    """Apply a plan to a model (in place) and return the pruned model.
-
-    A plan whose compensation rewrites kept weights (least squares) is replayed: the same cuts, and the
-    restoration computed again from `calibration`, the token ids the plan was made with."""
-    if plan.restores_weights:
-        if calibration is None:
-            raise ValueError(f"the {plan.method} plan refits kept weights by least squares: pass calibration= (the "
-                             "token ids it was pruned with) so that apply_plan can recompute them")
-        from .pipeline import replay
-
-        replay(model, plan, calibration)
-        return model
-    layers = decoder_layers(model)
-    if len(plan.kept_groups) != len(layers):
-        raise ValueError(f"the plan has {len(plan.kept_groups)} layers, the model {len(layers)}")
-    for index in range(len(layers)):
-        if plan.kept_values and plan.kept_values[index] is not None:  # value-channel units
-            prune_value_channels(model, index, plan.kept_values[index])
-        if plan.kept_heads and plan.kept_heads[index] is not None:  # query-head units
-            prune_query_heads(model, index, plan.kept_heads[index])
-        prune_layer(model, index, plan.kept_groups[index], plan.kept_channels[index],
-                    plan.o_bias[index], plan.down_bias[index])
-    return finalize_pruned(model)
-
-
-def save_pruned(model, tokenizer, path: str | Path, provenance: dict | None = None, overwrite: bool = False,
-                before_commit: Callable[[], object] | None = None) -> Path:
-    """Save a pruned model as a checkpoint directory, atomically (see the module docstring).
-
-    before_commit: runs once the new checkpoint is in place and before a replaced one is deleted (the run's
-    record, say); if it fails, the new checkpoint is removed and the replaced one restored."""
-    from . import pruned_modeling
-    from .pruned_modeling import PRUNED_CLASSES
-
-    path = Path(path)
-    check_output(path, overwrite)
-    if model.config.model_type not in {c.model_type for c, _ in PRUNED_CLASSES.values()}:
-        model = finalize_pruned(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_orphans(path.parent)  # what a killed save left behind
-    tmp = temporary_dir(path)
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        shutil.copyfile(pruned_modeling.__file__, tmp / MODELING_FILE)
-        (tmp / SIDECAR).write_text(json.dumps(provenance or {}, indent=2, default=str) + "\n")
-        install_checkpoint(tmp, path, overwrite, before_commit)
-    finally:
-        remove_tree(tmp)
-        tidy(path.parent)
-    return path
-
-
-def install_checkpoint(tmp: Path, path: Path, overwrite: bool = False,
-                       before_commit: Callable[[], object] | None = None) -> None:
-    """Move a finished checkpoint folder `tmp` to `path`, under `path`'s lock, so two writers never both win.
-
-    Without `overwrite`, an output that appeared meanwhile is never replaced (the loser fails); only a checkpoint
-    left without its record by a killed run is. A replaced checkpoint waits in the staging folder until the new
-    one is in place and `before_commit` succeeded; any failure in between restores it."""
-    with locked(path):
-        backup = None
-        if path.exists() or path.is_symlink():
-            orphan = is_orphan(path)
-            if not overwrite and not orphan:
-                raise FileExistsError(f"{path} appeared while this run was writing it (another run wrote it first): "
-                                      "nothing was replaced; choose another --output, or pass --overwrite")
-            if not is_checkpoint(path):
-                raise FileExistsError(f"{path} is not a structprune checkpoint: --overwrite only replaces a pruned "
-                                      "checkpoint; choose another --output")
-            backup = backup_path(path)
-            os.replace(path, backup)
-        try:
-            os.replace(tmp, path)
-            if before_commit is not None:
-                before_commit()
-        except BaseException:  # the new checkpoint goes, the one it replaced comes back
-            if path.exists() and not tmp.exists():
-                remove_tree(path)
-            if backup is not None:
-                os.replace(backup, path)
-            raise
-        if backup is not None:
-            remove_tree(backup)
-
-
-def read_sidecar(path: Path) -> dict:
-    """A checkpoint's provenance (pruning.json); a clear error, naming the file, when it is not JSON."""
-    sidecar = Path(path) / SIDECAR
-    try:
-        value = json.loads(sidecar.read_text())
-    except ValueError as error:
-        raise ValueError(f"{sidecar} is not valid JSON ({error}): the checkpoint's provenance is damaged; restore "
-                         "the file or re-run the pruning") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{sidecar} holds a {type(value).__name__}, not the provenance object structprune writes: "
-                         "restore the file or re-run the pruning")
-    return value
-
-
-def is_checkpoint(path: Path) -> bool:
-    """A structprune pruned checkpoint: a folder with the provenance sidecar and a pruned config."""
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return (isinstance(config, dict) and (path / SIDECAR).is_file()
-            and str(config.get("model_type", "")).startswith("structpruned_"))
-
-
-CHECKPOINT_TOKEN = "checkpoint_token"
-
-
-def is_orphan(path: Path) -> bool:
-    """A checkpoint written by `structprune prune` whose run record was never written (the run was killed
-    between the two): its sidecar's token is named by no prune record."""
-    from .records import results_dir
-
-    if not is_checkpoint(path):
-        return False
-    try:
-        token = read_sidecar(path).get(CHECKPOINT_TOKEN)
-    except (OSError, ValueError):
-        return False
-    if not token:
-        return False  # saved by the library, not by a run that writes a record
-    for record in (results_dir() / "runs" / "prune").glob("*.json"):
-        try:
-            if json.loads(record.read_text()).get(CHECKPOINT_TOKEN) == token:
-                return False
-        except (OSError, ValueError):
-            continue
-    return True
-
-
-def recover_stranded(path: Path) -> list[str]:
-    """Finish replacements of `path` that a killed overwrite left half-done (only under --overwrite): a stranded
-    backup that is a real structprune checkpoint is restored when `path` is missing or holds a checkpoint
-    without its record, and removed when `path` holds a complete one. What was done."""
-    done = []
-    for backup in reversed(stranded_backups(path)):  # the newest first
-        if not is_checkpoint(backup):
-            continue
-        with locked(path):
-            if not backup.exists():
-                continue
-            if not path.exists() or is_orphan(path):
-                if path.exists():
-                    remove_tree(path)
-                os.replace(backup, path)
-                done.append(f"restored {path} from the backup an interrupted overwrite left")
-            else:
-                remove_tree(backup)
-                done.append(f"removed the backup of {path} that an interrupted overwrite left (superseded)")
-    tidy(path.parent)
-    return done
-
-
-def check_output(path: Path, overwrite: bool) -> None:
-    """Refuse, before any work, a checkpoint destination that cannot be written: an existing path without
-    --overwrite (unless it is a checkpoint a killed run left without its record), anything but a structprune
-    checkpoint with it, a folder that cannot be written. Acts on stranded backups only once it accepts."""
-    import warnings
-
-    path = Path(path)
-    if path.exists() or path.is_symlink():
-        orphan = is_orphan(path)
-        if not overwrite and not orphan:
-            raise FileExistsError(f"{path} exists: choose another --output, or pass --overwrite (overwrite=True) "
-                                  "to replace the checkpoint there")
-        if not path.is_dir() or not is_checkpoint(path):
-            raise FileExistsError(f"{path} is not a structprune checkpoint (no {SIDECAR} and pruned config.json): "
-                                  "--overwrite only replaces a pruned checkpoint; choose another --output")
-        if orphan and not overwrite:
-            warnings.warn(f"{path} holds a checkpoint that a killed run left without its record: this run replaces "
-                          "it", stacklevel=2)
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write {path}: {parent} is not a writable folder; choose another --output")
-    try:
-        probe = Path(tempfile.mkdtemp(prefix=".structprune-probe-", dir=parent))
-        probe.rmdir()
-    except OSError as error:
-        raise PermissionError(f"cannot write {path}: {error.strerror} in {parent}; choose another --output") from None
-    if overwrite and path.parent.is_dir():
-        for message in recover_stranded(path):
-            warnings.warn(message, stacklevel=2)
-    elif stranded_backups(path):
-        warnings.warn(f"a checkpoint that an interrupted overwrite of {path} replaced waits in "
-                      f"{path.parent / STAGING}; run with --overwrite to restore or discard it", stacklevel=2)
-
-
-def check_checkpoint(path: str | Path) -> None:
-    """Refuse a pruned checkpoint whose weights do not match its config: a missing shard, a missing tensor,
-    or a tensor whose shape is not the one the config's per-layer widths imply (tampered or half-copied).
-    Reads only the safetensors headers and builds the model on the meta device (no memory)."""
-    from transformers import AutoConfig
-
-    from .models import check_local_weights, safetensors_header, weight_files
-    from .pruned_modeling import PRUNED_CLASSES
-
-    path = Path(path)
-    check_local_weights(path)  # every weight file there, complete, and safetensors
-    stored = {key: tuple(entry["shape"]) for name in weight_files(path)
-              for key, entry in safetensors_header(path / name).items()}
-    classes = {conf.model_type: cls for conf, cls in PRUNED_CLASSES.values()}
-    model_type = json.loads((path / "config.json").read_text()).get("model_type")
-    if model_type not in classes:
-        raise ValueError(f"{path}: model_type {model_type!r} is not a structprune pruned family: "
-                         f"supported are {', '.join(sorted(classes))}")
-    config = AutoConfig.from_pretrained(path)
-    model_class = classes[config.model_type]
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in model_class(config).state_dict().items()}
-    wrong = [f"{k}: config implies {list(shape)}, file holds {list(stored[k])}"
-             for k, shape in expected.items() if k in stored and stored[k] != shape]
-    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-    absent = sorted(set(expected) - set(stored) - tied)
-    extra = sorted(set(stored) - set(expected))  # e.g. a compensation bias the config no longer declares
-    if wrong or absent or extra:
-        details = "; ".join(wrong[:3] + [f"missing tensor {k}" for k in absent[:3]]
-                            + [f"unexpected tensor {k}" for k in extra[:3]])
-        raise ValueError(f"{path}: the weights do not match config.json's layer shapes ({details}"
-                         f"{'; ...' if len(wrong) + len(absent) + len(extra) > 3 else ''}). The checkpoint was "
-                         "modified or copied incompletely; re-run the pruning or restore the original files.")
-
-
-def load_pruned(path: str | Path, dtype: torch.dtype | None = None, device: str | None = None):
-    """Reload a pruned checkpoint (no remote code, safetensors only) -> (model, tokenizer)."""
-    path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{path} is not a pruned checkpoint: config.json is missing")
-    model_type = json.loads(config_file.read_text()).get("model_type", "")
-    if not model_type.startswith("structpruned_"):
-        raise ValueError(f"{path} holds a {model_type!r} model, not a structprune pruned checkpoint")
-    if not (path / SIDECAR).is_file():
-        raise FileNotFoundError(f"{path}/{SIDECAR} is missing: the checkpoint's provenance is lost; re-run the pruning")
-    from .models import load_model  # checks the folder (`models.check_local_folder`) before it loads
-
-    return load_model(str(path), dtype=dtype, device=device)

@@ -6,7 +6,10 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..pipeline import Composition
+from ..allocate import ALLOCATIONS
+from ..compensate import COMPENSATIONS
+from ..composition import PASS_OPTION_HELP, Composition
+from ..scores import SCORES
 
 
 @dataclass(frozen=True)
@@ -29,11 +32,6 @@ class Method:
     def help_for(self, option: str) -> str:
         """What an option means: the method's own words where it has them, else the pass's or the part's that
         the option reaches (each written once, beside what it explains)."""
-        from ..allocate import ALLOCATIONS
-        from ..compensate import COMPENSATIONS
-        from ..pipeline import PASS_OPTION_HELP
-        from ..scores import SCORES
-
         if option in self.option_help:
             return self.option_help[option]
         if option in PASS_OPTION_HELP:

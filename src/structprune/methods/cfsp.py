@@ -17,7 +17,7 @@ are removed; attention is untouched.
 
 from __future__ import annotations
 
-from ..pipeline import Composition
+from ..composition import Composition
 from ..stats import BLOCK_METRICS
 from .base import Method, choice
 

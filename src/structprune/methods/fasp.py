@@ -20,7 +20,7 @@ OPT: the same with v_proj/out_proj and fc1/fc2 (fc1's bias rows go with its rows
 from __future__ import annotations
 
 from ..compensate import SOLVER_DTYPES
-from ..pipeline import Composition
+from ..composition import Composition
 from .base import Method, choice
 
 

@@ -17,7 +17,7 @@ factor per layer that the standardisation removes).
 from __future__ import annotations
 
 from ..allocate import FLAP_STRUCTURES
-from ..pipeline import Composition
+from ..composition import Composition
 from .base import Method, choice, ffn_variant_label
 
 METRICS = ("IFV", "WIFV", "WIFN")

@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from ..pipeline import Composition
+from ..composition import Composition
 from ..scores import TAYLOR_IMPORTANCES
 from .base import Method, choice
 

@@ -8,7 +8,7 @@ attention=False: FFN channels only (CFSP code's `prune_magnitude_sp`).
 
 from __future__ import annotations
 
-from ..pipeline import Composition
+from ..composition import Composition
 from .base import Method, ffn_variant_label
 
 

@@ -6,7 +6,7 @@ the same count removed in every layer.
 
 from __future__ import annotations
 
-from ..pipeline import Composition
+from ..composition import Composition
 from .base import Method
 
 

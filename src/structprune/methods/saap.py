@@ -19,7 +19,7 @@ group fine-tuning); every formula is a reconstruction, and each choice is an opt
 
 from __future__ import annotations
 
-from ..pipeline import Composition
+from ..composition import Composition
 from ..scores import FUSION_SCOPES, FUSIONS
 from .base import Method, choice
 

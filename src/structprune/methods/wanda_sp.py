@@ -14,7 +14,7 @@ channels only.
 
 from __future__ import annotations
 
-from ..pipeline import Composition
+from ..composition import Composition
 from .base import Method, choice, ffn_variant_label
 
 ALLOCATIONS = ("uniform", "global")

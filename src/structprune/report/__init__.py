@@ -11,7 +11,7 @@ One module per concern, every public name also here (`report.write_table`, `repo
 - `leaderboard`: tables across notebooks, read from the records, and what each notebook cost.
 """
 
-from ..records import results_dir
+from ..paths import results_dir
 from .grid import (
     GRID_SETS,
     against_papers_rows,

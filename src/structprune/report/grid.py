@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..evaluate import paired_perplexity
 from .labels import method_label, paired_text
 
 GRID_SETS = {"wikitext2": "WikiText-2", "c4": "C4"}  # the grid's evaluation sets (C4: its validation split)
@@ -33,8 +34,6 @@ def grid_rows(grid: list[dict], papers: list[tuple[dict, dict[str, dict]]], dens
     parts, parameters, and on each set the perplexity with its 95 % interval, its ratio to the dense model, and
     the paired ratio to the lowest paper method at the same target on the same windows (with its interval).
     papers: (matched paper record, {dataset: perplexity}) on the grid's protocol; dense: {dataset: perplexity}."""
-    from ..evaluate import paired_perplexity
-
     rows = []
     for record in grid:
         target, ppls = record["config"]["target_params"], grid_perplexities(record)
@@ -55,8 +54,6 @@ def against_papers_rows(best: list[dict], papers: list[tuple[dict, dict[str, dic
     """The best composition at each target (grid records) against every paper method at the same target, on
     every set of `GRID_SETS` and the same windows: both perplexities and the paired ratio composition / paper
     method with its 95 % interval and verdict."""
-    from ..evaluate import paired_perplexity
-
     rows = []
     for record in best:
         target, ppls = record["config"]["target_params"], grid_perplexities(record)
@@ -80,8 +77,6 @@ def target_status_rows(best: list[dict], papers: list[tuple[dict, dict[str, dict
                        goals: dict[float, float]) -> pd.DataFrame:
     """Per target: the best composition's WikiText-2 perplexity as a multiple of the dense model's against the
     goal, and whether it is below every paper method beyond the paired 95 % interval on each set."""
-    from ..evaluate import paired_perplexity
-
     rows = []
     for record in best:
         target, ppls = record["config"]["target_params"], grid_perplexities(record)

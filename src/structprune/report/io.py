@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..records import atomic_write_text, results_dir
+from ..paths import results_dir
+from ..records import atomic_write_text
 from ..staging import remove_orphans, temporary_file, tidy
 
 REPOSITORY = Path(__file__).resolve().parents[3]  # paper data and README.md live in the repository

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from ..composition import COMPOSED
 from ..evaluate import PAPER_METRIC, PAPER_TASKS
+from ..methods import get_method
+from ..profiles import PROFILES, profile_settings
 
 TASK_NAMES = {"boolq": "BoolQ", "piqa": "PIQA", "hellaswag": "HellaSwag", "winogrande": "WinoGrande",
               "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "openbookqa": "OBQA"}
@@ -52,12 +55,9 @@ def variant_label(config: dict) -> str:
     if config["method"] == "dense":
         return "Dense"
     from ..experiments import calibration_of
-    from ..methods import get_method
-    from ..pipeline import COMPOSED
 
     if config["method"] == COMPOSED:  # a composition's label names every part
         return config["label"]
-    from ..profiles import PROFILES, profile_settings
 
     defaults = get_method(config["method"]).defaults
     marks = [f"{k}={v}" for k, v in config.get("options", {}).items()

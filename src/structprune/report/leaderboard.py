@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..records import record_list, results_dir
+from ..paths import results_dir
+from ..profiles import profile_settings
+from ..records import record_list
+from ..speed import speedup
 from .labels import device_name, variant_label
 from .perplexity import matched_rows
 from .speed import _same_protocol
@@ -49,8 +52,6 @@ def leaderboard(profile: str = "default", model: str = "embedded", root: Path | 
     protocol (threads, repeats, shapes)."""
     import json
 
-    from ..profiles import profile_settings
-    from ..speed import speedup
 
     root = Path(root or results_dir() / "runs")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..evaluate import paired_perplexity
 from .labels import method_label, paired_text
 
 
@@ -29,8 +30,6 @@ def matched_rows(records: list[dict], dense: dict) -> pd.DataFrame:
     """Methods at matched parameter counts (pruning records with `target_params`): the target and the achieved
     share of the model removed, the method's solved ratio, parameters, perplexity with its 95 % interval, and a
     paired comparison on the same windows with the lowest-perplexity method at the same target."""
-    from ..evaluate import paired_perplexity
-
     rows = []
     for record in records:
         metrics, config = record["metrics"], record["config"]
@@ -69,8 +68,6 @@ def long_protocol_rows(records: list[dict]) -> pd.DataFrame:
     """Perplexity records of `experiments.perplexity_run` (the dense model's among them), one row each: the
     protocol (window length, windows, dtype), the perplexity with its 95 % interval, and the paired ratio to
     the dense model on the same windows with its 95 % interval."""
-    from ..evaluate import paired_perplexity
-
     dense = {(r["config"]["seqlen"], r["config"]["dtype"]): r["metrics"]["perplexity"]
              for r in records if r["config"]["pruning"]["method"] == "dense"}
     rows = []

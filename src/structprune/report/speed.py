@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..speed import speedup
 from .labels import method_label
 
 
 def prefill_speedups(dense: dict, measured: dict) -> dict:
     """Columns of the measured prefill speedup at every shape, and the MACs-ratio ideal (the same for every
     shape up to rounding: the largest shape's)."""
-    from ..speed import speedup
-
     cases = speedup(dense, measured)
     return {**{f"prefill x ({c['batch']}x{c['tokens']})": c["measured"] for c in cases}, "ideal x": cases[-1]["ideal"]}
 
@@ -20,8 +19,6 @@ def prefill_speedups(dense: dict, measured: dict) -> dict:
 def speed_row(record: dict, measured: dict, dense: dict) -> dict:
     """One row of a speedup table: the pruning record's method, size and perplexity, and its measured speed
     against the dense model's at the largest prefill shape and at every decode batch."""
-    from ..speed import speedup
-
     largest = speedup(dense, measured)[-1]  # the largest prefill shape (batch 8 x 512 by default)
     shape = f"({largest['batch']}x{largest['tokens']})"
     row = {"method": method_label(record), "ratio": record["config"]["ratio"],

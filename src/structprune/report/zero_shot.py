@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..evaluate import PAPER_TASKS, average_stderr
+from ..evaluate import PAPER_TASKS, average_stderr, paired_accuracy
 from .labels import TASK_NAMES, method_label
 
 
@@ -30,8 +30,6 @@ def paired_zero_shot_rows(comparisons: list[tuple[dict, dict, dict, dict]]) -> p
     """(pruning record a, zero-shot record a, pruning record b, zero-shot record b) comparisons on the same
     documents (`evaluate.paired_accuracy`): the difference a - b of the seven-task average and of each task's
     paper metric, in points, with the average's 95 % interval and the verdict."""
-    from ..evaluate import paired_accuracy
-
     rows = []
     for record_a, run_a, record_b, run_b in comparisons:
         paired = paired_accuracy(run_a["metrics"]["zero_shot"], run_b["metrics"]["zero_shot"])
@@ -66,7 +64,5 @@ def compare_zero_shot(a: dict, b: dict) -> str:
     """Whether the zero-shot average of record a is above b's beyond noise, paired on the same documents
     (`evaluate.paired_accuracy`): "higher", "lower", or "not distinguishable" when the 95 % interval of the
     difference includes 0."""
-    from ..evaluate import paired_accuracy
-
     verdict = paired_accuracy(a["metrics"]["zero_shot"], b["metrics"]["zero_shot"])["average"]["verdict"]
     return {"a higher": "higher", "b higher": "lower"}.get(verdict, verdict)
