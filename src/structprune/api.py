@@ -5,7 +5,6 @@ what they are given.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ import torch
 from .allocate import check_ratio
 from .architectures import adapter_for, count_parameters, window_bos_id
 from .composition import COMPOSED, Composition
-from .data import calibration_batches, calibration_split
+from .data import calibration_batches, calibration_split, token_digest
 from .methods import get_method, resolve_options
 from .options import SEED_LIMIT, check_option_values
 from .pipeline import run
@@ -153,7 +152,7 @@ def prune(model, method: str | Composition, ratio: float | None = None, calibrat
         info = {"dataset": dataset, "split": calibration_split(dataset, data_path), "nsamples": nsamples,
                 "seqlen": seqlen, "seed": seed}
     if ids is not None:
-        info["token_sha256"] = hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest()[:16]
+        info["token_sha256"] = token_digest(ids)
     params_before = count_parameters(model)
     cuda = next(model.parameters()).is_cuda
     if cuda:

@@ -47,8 +47,9 @@ def save_pruned(model, tokenizer, path: str | Path, provenance: dict | None = No
 
     before_commit: runs once the new checkpoint is in place and before a replaced one is deleted (the run's
     record, say); if it fails, the new checkpoint is removed and the replaced one restored."""
-    from . import pruned_modeling  # transformers' modeling code: loaded where a checkpoint is written
-    from .pruned_modeling import PRUNED_CLASSES
+    from .pruned_modeling import (
+        PRUNED_CLASSES,  # transformers' modeling code: loaded where a checkpoint is written
+    )
 
     path = Path(path)
     check_output(path, overwrite)
@@ -59,15 +60,23 @@ def save_pruned(model, tokenizer, path: str | Path, provenance: dict | None = No
     tmp = temporary_dir(path)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        shutil.copyfile(pruned_modeling.__file__, tmp / MODELING_FILE)
-        (tmp / SIDECAR).write_text(json.dumps(provenance or {}, indent=2, default=str) + "\n")
+        write_beside_weights(tmp, tokenizer, provenance or {})
         install_checkpoint(tmp, path, overwrite, before_commit)
     finally:
         remove_tree(tmp)
         tidy(path.parent)
     return path
+
+
+def write_beside_weights(folder: Path, tokenizer, provenance: dict) -> None:
+    """What every checkpoint holds beside its weights and config: the tokenizer, the modeling file (so that remote
+    code and lm-eval load it without structprune) and the provenance sidecar."""
+    from . import pruned_modeling  # transformers' modeling code: loaded where a checkpoint is written
+
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    shutil.copyfile(pruned_modeling.__file__, folder / MODELING_FILE)
+    (folder / SIDECAR).write_text(json.dumps(provenance, indent=2, default=str) + "\n")
 
 
 def install_checkpoint(tmp: Path, path: Path, overwrite: bool = False,
@@ -385,9 +394,7 @@ class CheckpointWriter:
     def finish(self, model: nn.Module, tokenizer, provenance: dict,
                before_commit: Callable[[], object] | None = None) -> Path:
         """Write the index, config, tokenizer, modeling file and provenance; rename into place
-        (`surgery.install_checkpoint`: before_commit runs before a replaced checkpoint is deleted)."""
-        from . import pruned_modeling  # transformers' modeling code: loaded where a checkpoint is written
-
+        (`install_checkpoint`: before_commit runs before a replaced checkpoint is deleted)."""
         self.wait()
         self._executor.shutdown()
         index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(self.weight_map.items()))}
@@ -395,10 +402,7 @@ class CheckpointWriter:
         model.config.save_pretrained(self.tmp)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(self.tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(self.tmp)
-        shutil.copyfile(pruned_modeling.__file__, self.tmp / MODELING_FILE)
-        (self.tmp / SIDECAR).write_text(json.dumps(provenance, indent=2, default=str) + "\n")
+        write_beside_weights(self.tmp, tokenizer, provenance)
         try:
             install_checkpoint(self.tmp, self.path, self.overwrite, before_commit)
         finally:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import random
 from pathlib import Path
 
@@ -211,6 +212,11 @@ def instruction_rows(data_path: str | Path | None = None) -> tuple[list[dict], s
     except Exception as error:
         looked.append(f"the Hugging Face hub ({type(error).__name__})")
     raise FileNotFoundError(f"no Alpaca-cleaned data. Looked in: {'; '.join(looked)}. Set {DATA_ENV}.")
+
+
+def token_digest(ids: torch.Tensor) -> str:
+    """The digest records keep of calibration token ids (the first 16 hex digits of their sha256)."""
+    return hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest()[:16]
 
 
 def random_calibration(vocab_size: int, nsamples: int, seqlen: int, seed: int = 0) -> torch.Tensor:

@@ -18,7 +18,7 @@ from .api import prune
 from .apply import apply_plan
 from .architectures import count_parameters, window_bos_id
 from .composition import COMPOSED, Composition, compose, composition_from
-from .data import calibration_batches, random_calibration
+from .data import calibration_batches, random_calibration, token_digest
 from .evaluate import PAPER_TASKS, perplexity, zero_shot
 from .methods import get_method, resolve_options
 from .plan import Plan
@@ -228,12 +228,9 @@ def rerun(record: dict) -> dict:
 def calibration_tokens(tokenizer, calibration: dict, bos_token_id: int | None = None):
     """The calibration token ids a pruning record names (dataset, nsamples, seqlen, seed; windows starting with
     `bos_token_id` for the families that need it), checked against the digest the record holds."""
-    import hashlib
-
-
     ids = calibration_batches(tokenizer, calibration["dataset"], calibration["nsamples"], calibration["seqlen"],
                               calibration["seed"], bos_token_id=bos_token_id)
-    digest = hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest()[:16]
+    digest = token_digest(ids)
     if calibration.get("token_sha256") not in (None, digest):
         raise ValueError(f"the calibration tokens of {calibration['dataset']} are not the ones the record was pruned "
                          f"with (sha256 {digest} != {calibration['token_sha256']}): the data files changed; prune again")
