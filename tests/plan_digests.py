@@ -62,7 +62,7 @@ def digest(case) -> dict:
         from structprune.methods import METHODS, resolve_options
 
         spec = METHODS[method]
-        result = prune(copy.deepcopy(model), spec.parts(**resolve_options(spec, options)), ratio,
+        result = prune(copy.deepcopy(model), spec.composition(**resolve_options(spec, options)), ratio,
                        calibration=calibration)
     else:
         result = prune(copy.deepcopy(model), method, ratio, calibration=calibration, **options)

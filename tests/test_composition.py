@@ -105,7 +105,7 @@ def test_data_free_composition_needs_no_calibration_and_a_data_score_says_so(tin
 
 def test_every_method_is_a_composition_of_registered_parts():
     for method in METHODS.values():
-        parts = method.parts(**method.defaults)
+        parts = method.composition(**method.defaults)
         assert parts.score in SCORES and parts.allocation in ALLOCATIONS and parts.compensation in COMPENSATIONS
 
 

@@ -58,7 +58,7 @@ def test_every_method_option_is_explained_once(method):
     assert set(method.option_help) <= set(method.defaults), f"{method.name}: help for options it does not have"
     missing = [option for option in method.defaults if not method.help_for(option)]
     assert not missing, f"{method.name}: no help for {missing}"
-    parts = method.parts(**method.defaults)
+    parts = method.composition(**method.defaults)
     shared = {**PASS_OPTION_HELP, **{k: v for registry_part in (SCORES[parts.score], ALLOCATIONS[parts.allocation],
                                                                  COMPENSATIONS[parts.compensation])
                                      for k, v in registry_part.option_help.items()}}

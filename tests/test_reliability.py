@@ -152,14 +152,14 @@ def test_killed_sweep_resumes_keeps_finished_records_and_leaves_nothing_partial(
 @pytest.mark.embedded
 def test_same_config_twice_gives_the_same_plan_and_metrics_and_a_record_reruns(monkeypatch, _embedded):
     import structprune.experiments as experiments
-    from structprune.experiments import pruning_run, rerun
+    from structprune.experiments import pruning_run, recompute_metrics
     from structprune.profiles import profile_settings
 
     monkeypatch.setattr(experiments, "_dense", lambda spec, device, dtype: _embedded)
     settings = profile_settings("smoke")
     for method in ("flap", "wanda_sp", "llm_pruner"):
         record = pruning_run(settings, method, 0.3)
-        again = rerun(record)  # computed from the record's config alone
+        again = recompute_metrics(record)  # computed from the record's config alone
         assert json.dumps(again["plan"], sort_keys=True) == json.dumps(record["metrics"]["plan"], sort_keys=True)
         assert again["perplexity"]["perplexity"] == record["metrics"]["perplexity"]["perplexity"], method
         assert again["params_after"] == record["metrics"]["params_after"]

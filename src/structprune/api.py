@@ -88,8 +88,8 @@ def method_parts(method: str | Composition, options: dict, seed: int | None) -> 
     if seed is not None and "seed" in spec.defaults:  # methods that draw random numbers follow a given seed
         options.setdefault("seed", seed)
     options = resolve_options(spec, options)
-    check_option_values(spec.parts, options, f"method {spec.name!r}")
-    return spec.name, spec.label_for(options), options, spec.parts(**options), spec.calibration
+    check_option_values(spec.composition, options, f"method {spec.name!r}")
+    return spec.name, spec.label_for(options), options, spec.composition(**options), spec.calibration
 
 
 

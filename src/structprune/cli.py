@@ -344,7 +344,7 @@ def cmd_methods(args) -> int:
     for method in METHODS.values():
         dataset, nsamples, seqlen = method.calibration
         data = f"{dataset}, {nsamples} x {seqlen} tokens" if dataset else "no calibration data"
-        parts = method.parts(**method.defaults)
+        parts = method.composition(**method.defaults)
         print(f"  {method.name}  ({method.label}): {method.summary}")
         print(f"      parts: {parts.label}; paper calibration: {data}; source: {method.source}")
         for key, default in method.defaults.items():

@@ -165,7 +165,7 @@ def _prune_and_recover(model, tokenizer, config: dict):
 
 def pruning_metrics(config: dict) -> tuple[dict, dict]:
     """(metrics, timings) of a pruning-run config: everything the run needs is in the config, so a record
-    can be re-run from itself (`rerun`)."""
+    can be recomputed from itself (`recompute_metrics`)."""
     evaluation = config["evaluation"]
     model, tokenizer = dense_model(config["model"], **precision_of(config))
     metrics = {"model_source": model.structprune_source}
@@ -220,7 +220,7 @@ def grid_protocol_perplexities(settings: dict, record: dict) -> dict[str, dict]:
             ["metrics"]["perplexity"] for dataset in (evaluation["dataset"], *GRID_ALSO)}
 
 
-def rerun(record: dict) -> dict:
+def recompute_metrics(record: dict) -> dict:
     """The metrics of a pruning record's config computed again (nothing written): the determinism check."""
     return pruning_metrics(record["config"])[0]
 

@@ -290,7 +290,7 @@ def streamed_perplexity_of_ids(stream: LayerStream, ids: torch.Tensor, seqlen: i
                     outputs.append(out[0] if returns_tuple else out)
             inputs = [(out, kwargs) for out, (_, kwargs) in zip(outputs, inputs, strict=True)]
         for batch, (final, _) in zip(group.split(batch_size), inputs, strict=True):
-            with replayed_layers(model, final, returns_tuple):
+            with stand_in_layers(model, final, returns_tuple):
                 logits = model(batch.to(final.device), use_cache=False).logits.float()
             per_token = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),
                                                           batch[:, 1:].reshape(-1).to(logits.device), reduction="none")
@@ -300,7 +300,7 @@ def streamed_perplexity_of_ids(stream: LayerStream, ids: torch.Tensor, seqlen: i
     return summarise_windows(window_nll, total_nll, total_tokens, seqlen, time.perf_counter() - start)
 
 
-class _Replay(nn.Module):
+class _StandIn(nn.Module):
     """A stand-in decoder layer: passes its input through, or returns a stored output (the last layer)."""
 
     def __init__(self, original: nn.Module, output: torch.Tensor | None, returns_tuple: bool):
@@ -316,12 +316,12 @@ class _Replay(nn.Module):
 
 
 @contextmanager
-def replayed_layers(model: nn.Module, final: torch.Tensor, returns_tuple: bool) -> Iterator[None]:
+def stand_in_layers(model: nn.Module, final: torch.Tensor, returns_tuple: bool) -> Iterator[None]:
     """The model with its decoder layers replaced by stand-ins whose last returns `final`: the model's own
     forward then applies the final norm and head to it (whatever the family calls them)."""
     adapter = adapter_for(model)
     layers = decoder_layers(model)
-    stand_ins = nn.ModuleList(_Replay(layer, final if i == len(layers) - 1 else None, returns_tuple)
+    stand_ins = nn.ModuleList(_StandIn(layer, final if i == len(layers) - 1 else None, returns_tuple)
                               for i, layer in enumerate(layers))
     model.set_submodule(adapter.layers, stand_ins)
     try:

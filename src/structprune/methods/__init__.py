@@ -8,11 +8,11 @@ pipeline.
 
 from __future__ import annotations
 
-from . import cfsp, fasp, flap, llm_pruner, magnitude, random_sp, saap, wanda_sp
+from . import cfsp, fasp, flap, llm_pruner, magnitude, random, saap, wanda_sp
 from .base import Method
 
 METHODS: dict[str, Method] = {module.METHOD.name: module.METHOD for module in (
-    flap, wanda_sp, llm_pruner, magnitude, random_sp, cfsp, fasp, saap)}
+    flap, wanda_sp, llm_pruner, magnitude, random, cfsp, fasp, saap)}
 
 
 def get_method(name: str) -> Method:

@@ -1,4 +1,4 @@
-"""What a paper method is: a name, its parts as a function of its options, and its paper defaults."""
+"""What a paper method is: a name, its composition of parts as a function of its options, and its paper defaults."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from ..scores import SCORES
 class Method:
     name: str
     label: str  # how outputs name the method ("-style" where details of the original are inferred)
-    # The method's options -> its parts. Its keyword defaults are the paper's defaults: the one place they live.
-    parts: Callable[..., Composition]
+    # The method's options -> its composition of parts. Its keyword defaults are the paper's: the one place they live.
+    composition: Callable[..., Composition]
     calibration: tuple[str | None, int, int]  # the paper's (dataset, nsamples, seqlen); dataset None = no data
     summary: str
     source: str = ""
@@ -26,8 +26,8 @@ class Method:
 
     @property
     def defaults(self) -> dict:
-        """Every option and its paper default, read from `parts`' signature."""
-        return {name: p.default for name, p in inspect.signature(self.parts).parameters.items()}
+        """Every option and its paper default, read from `composition`'s signature."""
+        return {name: p.default for name, p in inspect.signature(self.composition).parameters.items()}
 
     def help_for(self, option: str) -> str:
         """What an option means: the method's own words where it has them, else the pass's or the part's that
@@ -36,8 +36,9 @@ class Method:
             return self.option_help[option]
         if option in PASS_OPTION_HELP:
             return PASS_OPTION_HELP[option]
-        parts = self.parts(**self.defaults)
-        for part in (SCORES[parts.score], ALLOCATIONS[parts.allocation], COMPENSATIONS[parts.compensation]):
+        composition = self.composition(**self.defaults)
+        for part in (SCORES[composition.score], ALLOCATIONS[composition.allocation],
+                     COMPENSATIONS[composition.compensation]):
             if option in part.option_help:
                 return part.option_help[option]
         return ""

@@ -24,7 +24,7 @@ from .base import Method, choice
 FINE_METRICS = ("activation", "relative")
 
 
-def parts(a: float = 1.0, fine_metric: str = "activation", block_metric: str = "angular", round_to: int = 1,
+def composition(a: float = 1.0, fine_metric: str = "activation", block_metric: str = "angular", round_to: int = 1,
           importance_tokens: int | None = None, batch_size: int = 8) -> Composition:
     choice("CFSP fine_metric", fine_metric, FINE_METRICS)
     choice("CFSP block_metric", block_metric, BLOCK_METRICS)
@@ -37,7 +37,7 @@ def parts(a: float = 1.0, fine_metric: str = "activation", block_metric: str = "
 METHOD = Method(
     name="cfsp",
     label="CFSP",
-    parts=parts,
+    composition=composition,
     calibration=("wikitext2", 128, 1024),
     summary="FFN channels only: sigmoid per-block budgets from angular block importance, channels by "
             "activation norm (the released code)",

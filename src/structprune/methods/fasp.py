@@ -24,7 +24,7 @@ from ..composition import Composition
 from .base import Method, choice
 
 
-def parts(attention: bool = True, restore: bool = True, damping: float = 0.01, sequential: bool = True,
+def composition(attention: bool = True, restore: bool = True, damping: float = 0.01, sequential: bool = True,
           solver_dtype: str = "float64", round_to: int = 1, batch_size: int = 8) -> Composition:
     choice("solver_dtype", solver_dtype, tuple(SOLVER_DTYPES))
     return Composition(score="wanda", allocation="uniform",
@@ -37,7 +37,7 @@ def parts(attention: bool = True, restore: bool = True, damping: float = 0.01, s
 METHOD = Method(
     name="fasp",
     label="FASP-style",
-    parts=parts,
+    composition=composition,
     calibration=("wikitext2", 128, 2048),
     summary="coupled column/row pruning (o_proj+v_proj value channels, down+gate/up channels), Wanda column "
             "score, least-squares restoration of the kept columns",

@@ -23,7 +23,7 @@ from .base import Method, choice, ffn_variant_label
 METRICS = ("IFV", "WIFV", "WIFN")
 
 
-def parts(metric: str = "WIFV", structure: str = "AL-AM", bias_compensation: bool = True,
+def composition(metric: str = "WIFV", structure: str = "AL-AM", bias_compensation: bool = True,
           remove_groups: int | None = None, round_to: int = 1, batch_size: int = 8,
           attention: bool = True) -> Composition:
     choice("FLAP metric", metric, METRICS)
@@ -41,7 +41,7 @@ def parts(metric: str = "WIFV", structure: str = "AL-AM", bias_compensation: boo
 METHOD = Method(
     name="flap",
     label="FLAP",
-    parts=parts,
+    composition=composition,
     calibration=("wikitext2", 1024, 128),
     summary="fluctuation metric on o_proj/down_proj inputs, global adaptive structure, bias compensation",
     source="An et al., AAAI 2024 (arXiv 2312.11983); CASIA-IVA-Lab/FLAP @3bb57db",

@@ -23,7 +23,7 @@ from .base import Method, choice
 IMPORTANCES = (*TAYLOR_IMPORTANCES, "random")
 
 
-def parts(importance: str = "param_first", layer_start: int | None = None, layer_end: int | None = None,
+def composition(importance: str = "param_first", layer_start: int | None = None, layer_end: int | None = None,
           target_params: float | None = None, round_to: int = 1, seed: int = 42) -> Composition:
     choice("importance", importance, IMPORTANCES)
     score, score_options = ("random", {"seed": seed}) if importance == "random" else ("taylor", {"importance": importance})
@@ -35,7 +35,7 @@ def parts(importance: str = "param_first", layer_start: int | None = None, layer
 METHOD = Method(
     name="llm_pruner",
     label="LLM-Pruner",
-    parts=parts,
+    composition=composition,
     calibration=("bookcorpus", 10, 64),
     summary="block-wise Taylor importance of coupled groups, uniform per-group ratio inside a layer range",
     source="Ma et al., NeurIPS 2023 (arXiv 2305.11627); horseee/LLM-Pruner @128a07d",

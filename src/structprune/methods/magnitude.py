@@ -12,14 +12,14 @@ from ..composition import Composition
 from .base import Method, ffn_variant_label
 
 
-def parts(round_to: int = 1, attention: bool = True) -> Composition:
+def composition(round_to: int = 1, attention: bool = True) -> Composition:
     return Composition(score="magnitude", allocation="uniform", attention=attention, round_to=round_to)
 
 
 METHOD = Method(
     name="magnitude",
     label="Magnitude-sp",
-    parts=parts,
+    composition=composition,
     calibration=(None, 0, 0),
     summary="L2 norm of o_proj/down_proj columns, uniform per layer, no data",
     source="FLAP repo lib/prune.py (mag_sp baseline)",

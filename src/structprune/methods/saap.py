@@ -24,7 +24,7 @@ from ..scores import FUSION_SCOPES, FUSIONS
 from .base import Method, choice
 
 
-def parts(fusion: str = "closed", scope: str = "layer_type", batches: int = 5, excluded: int | None = None,
+def composition(fusion: str = "closed", scope: str = "layer_type", batches: int = 5, excluded: int | None = None,
           max_layer_ratio: float | None = None) -> Composition:
     choice("SAAP fusion", fusion, FUSIONS)
     choice("SAAP scope", scope, FUSION_SCOPES)
@@ -37,7 +37,7 @@ def parts(fusion: str = "closed", scope: str = "layer_type", batches: int = 5, e
 METHOD = Method(
     name="saap",
     label="SAAP-style",
-    parts=parts,
+    composition=composition,
     calibration=("bookcorpus", 10, 64),
     summary="LLM-Pruner groups; vector- and element-wise Taylor importance fused by homoscedastic uncertainty; "
             "layers chosen by importance ranking and fluctuation, at LLM-Pruner's size for the same ratio",

@@ -20,7 +20,7 @@ from .base import Method, choice, ffn_variant_label
 ALLOCATIONS = ("uniform", "global")
 
 
-def parts(round_to: int = 1, batch_size: int = 8, attention: bool = True, allocation: str = "uniform") -> Composition:
+def composition(round_to: int = 1, batch_size: int = 8, attention: bool = True, allocation: str = "uniform") -> Composition:
     choice("Wanda-sp allocation", allocation, ALLOCATIONS)
     return Composition(score="wanda", allocation=allocation, attention=attention,
                        sequential=allocation == "uniform", round_to=round_to, batch_size=batch_size)
@@ -29,7 +29,7 @@ def parts(round_to: int = 1, batch_size: int = 8, attention: bool = True, alloca
 METHOD = Method(
     name="wanda_sp",
     label="Wanda-sp",
-    parts=parts,
+    composition=composition,
     calibration=("c4", 128, 128),
     summary="Wanda score averaged per column on o_proj/down_proj inputs, uniform per layer, sequential, no bias",
     source="FLAP repo lib/prune.py::prune_wanda_sp (baseline of An et al. 2024); Wanda: Sun et al. 2023",

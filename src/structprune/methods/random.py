@@ -10,14 +10,14 @@ from ..composition import Composition
 from .base import Method
 
 
-def parts(seed: int = 0, round_to: int = 1) -> Composition:
+def composition(seed: int = 0, round_to: int = 1) -> Composition:
     return Composition(score="random", score_options={"seed": seed}, allocation="uniform", round_to=round_to)
 
 
 METHOD = Method(
     name="random",
     label="Random",
-    parts=parts,
+    composition=composition,
     calibration=(None, 0, 0),
     summary="random KV groups and channels, uniform per layer (seeded)",
     source="LLM-Pruner paper, Table 1 'Random' baseline",
