@@ -8,10 +8,12 @@ One module per concern, every public name also here (`report.write_table`, `repo
 - `io`: where files go and how they are written; REPORT.md and the README's results block;
 - `labels`: how records are named in tables and captions;
 - `perplexity`, `zero_shot`, `speed`, `grid`: the tables (and figures) of each kind of measurement;
-- `leaderboard`: tables across notebooks, read from the records, and what each notebook cost.
+- `leaderboard`: tables across notebooks, read from the records, and what each notebook cost;
+- `findings`: what the notebooks conclude from their tables.
 """
 
 from ..paths import results_dir
+from .findings import cfsp_findings, fasp_findings, flap_findings, headline_comparisons
 from .grid import (
     GRID_SETS,
     against_papers_rows,
@@ -37,6 +39,7 @@ from .io import (
 )
 from .labels import (
     TASK_NAMES,
+    calibration_note,
     device_name,
     method_label,
     metric_note,
@@ -44,10 +47,19 @@ from .labels import (
     precision_caption,
     protocol_caption,
     variant_label,
+    variant_marks,
 )
-from .leaderboard import compute_cost, leaderboard, matched_leaderboard, record_seconds
-from .perplexity import layer_range_of, long_protocol_rows, lowest_per_target, matched_rows, pruning_rows
-from .speed import engine_rows, pareto_front, prefill_speedups, speed_row
+from .leaderboard import compute_cost, leaderboard, main_rows, matched_leaderboard, record_seconds
+from .perplexity import (
+    kept_fractions,
+    layer_range_of,
+    long_protocol_rows,
+    lowest_per_target,
+    matched_rows,
+    pruning_rows,
+    recovery_rows,
+)
+from .speed import column_of, engine_rows, pareto_front, prefill_speedups, speed_row
 from .zero_shot import compare_zero_shot, matched_zero_shot_rows, paired_zero_shot_rows, zero_shot_rows
 
 __all__ = [
@@ -58,5 +70,7 @@ __all__ = [
     "method_label", "metric_note", "paired_text", "paired_zero_shot_rows", "paper_dir", "paper_rows",
     "pareto_front", "precision_caption", "prefill_speedups", "protocol_caption", "pruning_rows", "record_seconds",
     "results_dir", "save_figure", "speed_row", "tables_dir", "target_status_rows", "update_readme_block",
-    "variant_label", "write_report", "write_table", "zero_shot_rows",
+    "variant_label", "write_report", "write_table", "zero_shot_rows", "calibration_note", "variant_marks",
+    "main_rows", "kept_fractions", "recovery_rows", "column_of", "flap_findings", "cfsp_findings",
+    "fasp_findings", "headline_comparisons",
 ]

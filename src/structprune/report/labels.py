@@ -49,16 +49,13 @@ def precision_caption(speed: dict) -> str:
 _NAMED_OPTIONS = {"attention", "allocation", "fine_metric", "fusion", "seed", "batch_size"}
 
 
-def variant_label(config: dict) -> str:
-    """The method's label plus what differs from its profile defaults: options, calibration, recovery
-    (e.g. "FASP-style [restore=False]", "FLAP [nsamples=32]", "CFSP + lora (importance ranks)")."""
-    if config["method"] == "dense":
-        return "Dense"
-    from ..experiments import calibration_of
+def variant_marks(config: dict) -> list[str]:
+    """What a pruning run's config changes from its method's profile defaults: options and calibration (e.g.
+    ["restore=False"], ["nsamples=32"]); none for the dense model and compositions (their labels name it all)."""
+    from ..experiments import calibration_of  # the run machinery: loaded when a label needs it
 
-    if config["method"] == COMPOSED:  # a composition's label names every part
-        return config["label"]
-
+    if config["method"] in ("dense", COMPOSED):
+        return []
     defaults = get_method(config["method"]).defaults
     marks = [f"{k}={v}" for k, v in config.get("options", {}).items()
              if k not in _NAMED_OPTIONS and k in defaults and v != defaults[k]]
@@ -70,9 +67,28 @@ def variant_label(config: dict) -> str:
             marks.append(f"nsamples={calibration['nsamples']}")
         elif differs and calibration:
             marks.append(f"calibration={calibration['dataset']} {calibration['nsamples']}x{calibration['seqlen']}")
+    return marks
+
+
+def variant_label(config: dict) -> str:
+    """The method's label plus what differs from its profile defaults: options, calibration, recovery
+    (e.g. "FASP-style [restore=False]", "FLAP [nsamples=32]", "CFSP + lora (importance ranks)")."""
+    if config["method"] == "dense":
+        return "Dense"
+    marks = variant_marks(config)
     label = config["label"] + (f" [{', '.join(marks)}]" if marks else "")
     recovery = config.get("recovery")
     if recovery:
         ranks = recovery.get("ranks", "uniform")
         label += f" + {recovery.get('method', 'lora')}" + (f" ({ranks} ranks)" if ranks != "uniform" else "")
     return label
+
+
+def calibration_note(calibrations: dict[str, dict | None], tokens_and_seed: bool = False) -> str:
+    """The calibration of each named run, for captions: "flap: wikitext2 512 x 128; ..." (with "tokens, seed s"
+    after each when asked); runs without calibration data are left out."""
+    def one(c: dict) -> str:
+        text = f"{c['dataset']} {c['nsamples']} x {c['seqlen']}"
+        return f"{text} tokens, seed {c['seed']}" if tokens_and_seed else text
+
+    return "; ".join(f"{name}: {one(c)}" for name, c in calibrations.items() if c)

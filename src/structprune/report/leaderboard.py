@@ -11,7 +11,7 @@ from ..paths import results_dir
 from ..profiles import profile_settings
 from ..records import record_list
 from ..speed import speedup
-from .labels import device_name, variant_label
+from .labels import device_name, variant_label, variant_marks
 from .perplexity import matched_rows
 from .speed import _same_protocol
 
@@ -50,13 +50,10 @@ def leaderboard(profile: str = "default", model: str = "embedded", root: Path | 
     Rows join the sweep, zero-shot and speed records of the same pruning run (same config but for the
     evaluation); a cell no record measured is NaN. Speeds are against the dense speed record of the same
     protocol (threads, repeats, shapes)."""
-    import json
-
-
     root = Path(root or results_dir() / "runs")
 
     def records(experiment):
-        return [json.loads(p.read_text()) for p in sorted((root / experiment).glob("*.json"))]
+        return record_list(experiment, root)
 
     rows: dict[str, dict] = {}
     for record in records("sweep"):
@@ -67,7 +64,7 @@ def leaderboard(profile: str = "default", model: str = "embedded", root: Path | 
         if evaluation["dataset"] != "wikitext2" or evaluation["split"] != "test":
             continue
         row = rows.setdefault(_pruning_key(config), {
-            "method": variant_label(config), "ratio": config["ratio"],
+            "method": variant_label(config), "_variant": bool(variant_marks(config)), "ratio": config["ratio"],
             "parameters": record["metrics"]["params_after"]})
         windows = evaluation["max_windows"]
         row[f"PPL ({'all' if windows is None else windows} windows)"] = record["metrics"]["perplexity"]["perplexity"]
@@ -102,8 +99,21 @@ def leaderboard(profile: str = "default", model: str = "embedded", root: Path | 
             break
     frame = pd.DataFrame(list(rows.values()))
     frame = frame.sort_values(["ratio", "method"]).reset_index(drop=True) if not frame.empty else frame
+    variant = frame.pop("_variant") if not frame.empty else pd.Series(dtype=bool)
     frame.attrs["speed_devices"] = " / ".join(sorted(devices))  # where the speeds were measured
+    frame.attrs["option_variants"] = [bool(v) for v in variant]  # rows whose options differ from the method's
     return frame
+
+
+def main_rows(board: pd.DataFrame) -> pd.DataFrame:
+    """The leaderboard's rows run at their method's own options and calibration (recovery kept): the variants
+    that notebooks run as ablations left out."""
+    if board.empty:
+        return board
+    keep = [not variant for variant in board.attrs["option_variants"]]
+    main = board[keep].reset_index(drop=True)
+    main.attrs = dict(board.attrs, option_variants=[False] * len(main))
+    return main
 
 
 def record_seconds(record: dict) -> float | None:

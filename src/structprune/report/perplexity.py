@@ -92,3 +92,21 @@ def layer_range_of(record: dict) -> tuple[int, int]:
     plan = record["metrics"]["plan"]
     where = plan["extras"] if "layer_start" in plan.get("extras", {}) else plan["options"]
     return where["layer_start"], where["layer_end"]
+
+
+def kept_fractions(record: dict, unit: str = "channels") -> list[float]:
+    """Per layer, the fraction of its KV groups (unit "groups") or MLP channels ("channels") a pruning record kept."""
+    summary = record["metrics"]["plan_summary"]
+    return [k / d for k, d in zip(summary[f"kept_{unit}_per_layer"], summary[f"dense_{unit}_per_layer"], strict=True)]
+
+
+def recovery_rows(unrecovered: dict[str, dict], recovered: dict[str, dict], column: str = "model") -> pd.DataFrame:
+    """Perplexity before and after recovery: a row per unrecovered record (perplexity), then a row per recovered
+    one (perplexity, the first and last training loss, the recovery's seconds), named in `column`."""
+    rows = [{column: name, "perplexity": r["metrics"]["perplexity"]["perplexity"]} for name, r in unrecovered.items()]
+    for name, record in recovered.items():
+        curve = record["metrics"]["recovery"]["loss_curve"]
+        rows.append({column: name, "perplexity": record["metrics"]["perplexity"]["perplexity"],
+                     "first loss": curve[0][1], "last loss": curve[-1][1],
+                     "seconds": record["timings"]["recovery_seconds"]})
+    return pd.DataFrame(rows)

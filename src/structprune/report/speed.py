@@ -69,3 +69,20 @@ def pareto_front(points: pd.DataFrame, faster: str, better: str) -> pd.DataFrame
 def _same_protocol(a: dict, b: dict) -> bool:
     keys = ("threads", "repeats", "prefill_shapes", "decode_batches", "new_tokens")
     return all(a["config"].get(k) == b["config"].get(k) for k in keys)
+
+
+# Columns whose names carry the measured protocol (e.g. "prefill x (8x512)", "zero-shot avg (50 docs)").
+MEASURED_COLUMNS = {"prefill": "prefill x", "ideal": "ideal x", "decode": "decode x", "decode tokens": "decode tok/s",
+                    "zero-shot": "zero-shot avg"}
+
+
+def column_of(frame: pd.DataFrame, kind: str, last: bool = False, required: bool = True) -> str | None:
+    """The column of a speed table or leaderboard that holds `kind` (prefill, ideal, decode, decode tokens,
+    zero-shot), whose name carries its protocol: the first such column, or the last with `last`; None when the
+    table has none and it is not `required`."""
+    names = [c for c in frame.columns if c.startswith(MEASURED_COLUMNS[kind])]
+    if not names:
+        if required:
+            raise KeyError(f"no {kind} column ({MEASURED_COLUMNS[kind]} ...) in {list(frame.columns)}")
+        return None
+    return names[-1] if last else names[0]
