@@ -6,7 +6,7 @@ position. Here the continuations of one context are packed behind a single copy 
 each branch token sees the context and the earlier tokens of its own branch, and takes the position it would
 have in its own sequence (a 4D attention mask and explicit position ids), so every scored logit is the one the
 separate sequence would give, up to float rounding. Logits are computed only where a continuation token is
-scored. Tested against lm-eval's own loop (`tests/test_zero_shot.py`).
+scored. Tested against lm-eval's own loop (`tests/evaluation/test_zero_shot.py`).
 
 A request is (context token ids, continuation token ids), as lm-eval tokenises them; the answer is lm-eval's
 (sum of the continuation's log-probabilities, whether every continuation token is the greedy choice).

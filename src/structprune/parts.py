@@ -7,7 +7,7 @@ A part's options, and their defaults, are its function's keyword parameters: the
     allocate(scores, budget, evidence, **options) -> Kept             (allocate.py)
     compensate(weight, stats, kept, **options) -> Compensation        (compensate.py)
 
-Adding a part is one function and one registry entry beside it; tests/test_parts_registry.py checks every
+Adding a part is one function and one registry entry beside it; tests/parts/test_parts_registry.py checks every
 entry against these rules.
 """
 

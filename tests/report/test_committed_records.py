@@ -8,7 +8,7 @@ import pytest
 
 from structprune.methods import get_method, resolve_options
 
-RUNS = Path(__file__).parents[1] / "results" / "runs" / "sweep"
+RUNS = Path(__file__).parents[2] / "results" / "runs" / "sweep"
 RECORDS = sorted(RUNS.glob("*.json"))
 
 

@@ -10,7 +10,7 @@ from structprune import Plan, apply_plan, compose, prune
 from structprune.compensate import affine_least_squares, least_squares, mean_bias
 from structprune.stats import ChannelStats
 
-from .helpers import logits
+from ..helpers import logits
 
 
 def activations(tokens=400, channels=12, seed=0):

@@ -12,7 +12,7 @@ from structprune.architectures import AttentionGeometry, count_parameters
 from structprune.models import tiny_llama
 from structprune.units import ATTENTION_UNITS, query_heads_kept
 
-from .helpers import logits
+from ..helpers import logits
 
 HEADS, KV_HEADS, HEAD_DIM = 8, 2, 8  # tiny_llama: hidden 64, 8 query heads of 8 over 2 KV heads (n_rep 4)
 

@@ -11,7 +11,7 @@ from structprune import load_pruned, prune, save_pruned
 from structprune.cli import main as cli
 from structprune.evaluate import perplexity
 
-from .helpers import logits
+from ..helpers import logits
 
 pytestmark = pytest.mark.embedded
 

@@ -17,7 +17,7 @@ from structprune.compensate import COMPENSATIONS
 from structprune.methods import METHODS
 from structprune.scores import SCORES
 
-from .helpers import logits
+from ..helpers import logits
 
 
 def test_a_composition_no_paper_has_prunes_saves_and_reloads(tiny, calibration, probe, tmp_path):
@@ -66,7 +66,7 @@ def test_fasp_plan_rebuilds_its_model_and_needs_its_calibration(tiny, calibratio
 
 
 def test_fasp_plans_recorded_before_parts_still_replay_their_restoration():
-    record = json.loads(next((Path(__file__).parents[1] / "results" / "runs" / "sweep").glob("9645f872ec9fcdb2.json"))
+    record = json.loads(next((Path(__file__).parents[2] / "results" / "runs" / "sweep").glob("9645f872ec9fcdb2.json"))
                         .read_text())
     plan = Plan.from_dict(record["metrics"]["plan"])
     assert plan.restores_weights == record["config"]["options"]["restore"]

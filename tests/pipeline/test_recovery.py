@@ -8,7 +8,7 @@ from torch import nn
 from structprune import load_pruned, prune, save_pruned
 from structprune.recovery import _batch, alpaca_example, lora_recover
 
-from .helpers import logits
+from ..helpers import logits
 
 pytestmark = pytest.mark.embedded
 

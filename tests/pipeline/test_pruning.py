@@ -14,7 +14,7 @@ from structprune.methods import METHODS
 from structprune.models import tiny_llama
 from structprune.stats import ChannelStats
 
-from .helpers import logits, zero_removed_units
+from ..helpers import logits, zero_removed_units
 
 ALL_METHODS = sorted(METHODS)
 

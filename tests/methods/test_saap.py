@@ -13,7 +13,7 @@ from structprune.models import tiny_llama
 from structprune.recovery import GroupLoRALinear, attach_group_lora, merge_group_lora
 from structprune.scores import fit_log_variances, fuse_closed, fuse_learned
 
-from .helpers import logits
+from ..helpers import logits
 
 
 def _scores(seed: int, n: int = 200) -> tuple[torch.Tensor, torch.Tensor]:

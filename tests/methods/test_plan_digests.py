@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from .plan_digests import CASES, DIGESTS, case_name, digest
+from ..plan_digests import CASES, DIGESTS, case_name, digest
 
 RECORDED = json.loads(DIGESTS.read_text())
 

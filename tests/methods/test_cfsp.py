@@ -18,7 +18,7 @@ from structprune.scores import cfsp_code_score_reference as code_score_reference
 from structprune.scores import relative_channel_score as relative_score
 from structprune.stats import block_distance
 
-from .helpers import logits
+from ..helpers import logits
 
 
 @pytest.mark.parametrize("ratio", [0.1, 0.2, 0.5, 0.8])

@@ -16,9 +16,9 @@ from structprune import load_pruned
 from structprune.checkpoint import CHECKPOINT_TOKEN, SIDECAR, install_checkpoint, read_sidecar
 from structprune.models import tiny_llama
 from structprune.staging import STAGING, locked, staging_dir
-from tests.test_reliability_inputs import run_cli
+from tests.checkpoint.test_reliability_inputs import run_cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # A user's folders and files beside an output, named like a writer's temporaries and backups.
 LOOKALIKE_FOLDERS = ("notes.tmp-4242", "photos.tmp-2024-05", "ck.old-4242", "out.old-4242")
 LOOKALIKE_FILES = ("report.tmp-77777", "out.gguf.tmp-4242-x", "rec.json.tmp-99999999-a")

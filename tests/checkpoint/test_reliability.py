@@ -21,7 +21,7 @@ from structprune.models import load_model, tiny_llama
 from structprune.records import atomic_write_text
 from structprune.staging import remove_orphans, staging_dir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

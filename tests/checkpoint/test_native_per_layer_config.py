@@ -18,7 +18,7 @@ from structprune import compose, load_pruned, prune, save_pruned
 from structprune.models import tiny_opt
 from structprune.surgery import finalize_pruned, prune_layer
 
-from .helpers import logits
+from ..helpers import logits
 
 NATIVE = ("num_attention_heads", "num_key_value_heads", "intermediate_size", "attention_bias", "mlp_bias")
 

@@ -14,7 +14,7 @@ from structprune import datafetch
 from structprune.data import default_data_dir
 from tests.fake_hub import fake_hub, hub_form, hub_path, write_parquet
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SOURCES = {source.name: source for source in datafetch.SOURCES}
 
 

@@ -12,7 +12,7 @@ from structprune.compensate import restore_columns
 from structprune.models import tiny_opt
 from structprune.speed import greedy_decode
 
-from .helpers import logits, zero_removed_units
+from ..helpers import logits, zero_removed_units
 
 
 def test_restoration_solves_the_normal_equations_and_is_the_least_squares_fit():

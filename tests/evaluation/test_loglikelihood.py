@@ -11,7 +11,7 @@ from structprune import compose, prune
 from structprune.loglikelihood import pack_requests, score_requests, shared_context_lm
 from structprune.models import load_model, tiny_llama, tiny_opt
 
-from .test_pruning import _tiny_family
+from ..pipeline.test_pruning import _tiny_family
 
 
 def reference(model, requests):

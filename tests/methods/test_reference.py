@@ -9,8 +9,8 @@ import torch
 from structprune import prune
 from structprune.models import tiny_llama
 
-from .helpers import logits
-from .reference import reference_flap, reference_wanda_sp
+from ..helpers import logits
+from ..reference import reference_flap, reference_wanda_sp
 
 
 @pytest.mark.parametrize("structure", ["AL-AM", "UL-UM", "UL-MM", "AL-MM"])
