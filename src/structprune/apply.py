@@ -14,7 +14,7 @@ from .composition import COMPOSITION_FIELDS, Composition
 from .plan import Plan
 from .scores import down_proj, o_proj, output_linears
 from .stats import ChannelStats, collect_statistics
-from .surgery import finalize_pruned, prune_layer, prune_query_heads, prune_value_channels, unit_indices
+from .surgery import finalize_pruned, prune_layer, unit_indices
 from .units import ATTENTION_UNITS
 
 
@@ -111,17 +111,16 @@ def apply_plan(model, plan: Plan, calibration: torch.Tensor | None = None):
         if calibration is None:
             raise ValueError(f"the {plan.method} plan refits kept weights by least squares: pass calibration= (the "
                              "token ids it was pruned with) so that apply_plan can recompute them")
-
         replay(model, plan, calibration)
         return model
     layers = decoder_layers(model)
     if len(plan.kept_groups) != len(layers):
         raise ValueError(f"the plan has {len(plan.kept_groups)} layers, the model {len(layers)}")
+    inner = [unit for unit in ATTENTION_UNITS.values() if unit.inside_groups and getattr(plan, unit.plan_field)]
     for index in range(len(layers)):
-        if plan.kept_values and plan.kept_values[index] is not None:  # value-channel units
-            prune_value_channels(model, index, plan.kept_values[index])
-        if plan.kept_heads and plan.kept_heads[index] is not None:  # query-head units
-            prune_query_heads(model, index, plan.kept_heads[index])
+        for unit in inner:  # units inside KV groups (value channels, query heads) first, as when the plan was made
+            if getattr(plan, unit.plan_field)[index] is not None:
+                unit.cut(model, index, getattr(plan, unit.plan_field)[index])
         prune_layer(model, index, plan.kept_groups[index], plan.kept_channels[index],
                     plan.o_bias[index], plan.down_bias[index])
     return finalize_pruned(model)

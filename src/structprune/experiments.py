@@ -399,27 +399,3 @@ def fasp_time_run(hidden: int, tokens: tuple[int, int] = (8, 128), layers: int =
     return run_once("fasp_time", config, compute)
 
 
-def engine_study(settings: dict, dense: dict, methods: list[str], ratios: list[float], round_to_method: str,
-                 round_to_ratio: float, round_to_values: list[int], speed_table, rounding) -> tuple[dict, dict]:
-    """The models notebook 05 times in llama.cpp, by name ("Dense", "<label> <ratio>", "<label> <ratio> round_to
-    <k>"), and their PyTorch prefill speedups where the speed tables measured them: ({name: pruning record},
-    {name: PyTorch prefill x}). speed_table: a `report.speed_row` per method and ratio; rounding: the same per
-    round_to value (column "round_to")."""
-    from .report import column_of, method_label
-
-    prefill = column_of(speed_table, "prefill")  # PyTorch, the largest prefill shape
-    records, pytorch = {"Dense": dense}, {"Dense": 1.0}
-    for ratio in ratios:
-        for method in methods:
-            record = pruning_run(settings, method, ratio)
-            name = f"{method_label(record)} {ratio:.0%}"
-            records[name] = record
-            pytorch[name] = speed_table[(speed_table.method == method_label(record))
-                                        & (speed_table.ratio == ratio)][prefill].item()
-    for k in round_to_values:
-        record = pruning_run(settings, round_to_method, round_to_ratio, {"round_to": k})
-        name = f"{method_label(record)} {round_to_ratio:.0%} round_to {k}"
-        records[name] = record
-        if k in set(rounding.round_to):
-            pytorch[name] = rounding[rounding.round_to == k][prefill].item()
-    return records, pytorch

@@ -23,8 +23,10 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from .api import prune
 from .composition import GRADIENT_EVIDENCE, Composition
 from .progress import progress
+from .units import ATTENTION_UNITS
 
 
 @dataclass
@@ -70,10 +72,9 @@ def search_allocation(model, composition: Composition, target_params: float, cal
                       mutations: int = 2, seed: int = 0) -> SearchResult:
     """Search per-layer kept counts for `composition` (its score and compensation) that remove `target_params`
     of the model's parameters (see the module docstring); `model` is left unchanged."""
-    from .api import prune
-
     composition.check()
-    if composition.sequential or composition.needs() & GRADIENT_EVIDENCE or composition.attention_unit != "kv_group":
+    inside_groups = ATTENTION_UNITS[composition.attention_unit].inside_groups
+    if composition.sequential or composition.needs() & GRADIENT_EVIDENCE or inside_groups:
         raise ValueError("the allocation search re-cuts a copy of the model per candidate from one dense pass: give "
                          "a one-shot composition (sequential=False) with KV-group units and a score that reads "
                          "calibration statistics or weights (wanda, wifv, ifv, activation, magnitude)")

@@ -59,7 +59,7 @@ from .perplexity import (
     pruning_rows,
     recovery_rows,
 )
-from .speed import column_of, engine_rows, pareto_front, prefill_speedups, speed_row
+from .speed import column_of, engine_rows, engine_study, pareto_front, prefill_speedups, speed_row
 from .zero_shot import compare_zero_shot, matched_zero_shot_rows, paired_zero_shot_rows, zero_shot_rows
 
 __all__ = [
@@ -72,5 +72,5 @@ __all__ = [
     "results_dir", "save_figure", "speed_row", "tables_dir", "target_status_rows", "update_readme_block",
     "variant_label", "write_report", "write_table", "zero_shot_rows", "calibration_note", "variant_marks",
     "main_rows", "kept_fractions", "recovery_rows", "column_of", "flap_findings", "cfsp_findings",
-    "fasp_findings", "headline_comparisons",
+    "fasp_findings", "headline_comparisons", "engine_study",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..composition import COMPOSED
 from ..evaluate import PAPER_METRIC, PAPER_TASKS
+from ..experiments import calibration_of
 from ..methods import get_method
 from ..profiles import PROFILES, profile_settings
 
@@ -52,8 +53,6 @@ _NAMED_OPTIONS = {"attention", "allocation", "fine_metric", "fusion", "seed", "b
 def variant_marks(config: dict) -> list[str]:
     """What a pruning run's config changes from its method's profile defaults: options and calibration (e.g.
     ["restore=False"], ["nsamples=32"]); none for the dense model and compositions (their labels name it all)."""
-    from ..experiments import calibration_of  # the run machinery: loaded when a label needs it
-
     if config["method"] in ("dense", COMPOSED):
         return []
     defaults = get_method(config["method"]).defaults

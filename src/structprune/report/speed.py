@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..experiments import pruning_run
 from ..speed import speedup
 from .labels import method_label
 
@@ -86,3 +87,27 @@ def column_of(frame: pd.DataFrame, kind: str, last: bool = False, required: bool
             raise KeyError(f"no {kind} column ({MEASURED_COLUMNS[kind]} ...) in {list(frame.columns)}")
         return None
     return names[-1] if last else names[0]
+
+
+def engine_study(settings: dict, dense: dict, methods: list[str], ratios: list[float], round_to_method: str,
+                 round_to_ratio: float, round_to_values: list[int], speed_table, rounding) -> tuple[dict, dict]:
+    """The models notebook 05 times in llama.cpp, by name ("Dense", "<label> <ratio>", "<label> <ratio> round_to
+    <k>"), and their PyTorch prefill speedups where the speed tables measured them: ({name: pruning record},
+    {name: PyTorch prefill x}). speed_table: a `report.speed_row` per method and ratio; rounding: the same per
+    round_to value (column "round_to")."""
+    prefill = column_of(speed_table, "prefill")  # PyTorch, the largest prefill shape
+    records, pytorch = {"Dense": dense}, {"Dense": 1.0}
+    for ratio in ratios:
+        for method in methods:
+            record = pruning_run(settings, method, ratio)
+            name = f"{method_label(record)} {ratio:.0%}"
+            records[name] = record
+            pytorch[name] = speed_table[(speed_table.method == method_label(record))
+                                        & (speed_table.ratio == ratio)][prefill].item()
+    for k in round_to_values:
+        record = pruning_run(settings, round_to_method, round_to_ratio, {"round_to": k})
+        name = f"{method_label(record)} {round_to_ratio:.0%} round_to {k}"
+        records[name] = record
+        if k in set(rounding.round_to):
+            pytorch[name] = rounding[rounding.round_to == k][prefill].item()
+    return records, pytorch
