@@ -56,8 +56,8 @@ def check_finite_weights(model) -> None:
            if param.device.type != "meta" and not all_finite(param)]  # streamed layers: checked when read
     if bad:
         raise FloatingPointError(f"NaN or Inf in the weights of {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}: "
-                                 "the checkpoint is damaged or was loaded in a dtype that overflows; reload it "
-                                 "(in float32) before pruning")
+                                 "the checkpoint is damaged or was loaded in a dtype that overflows; restore it, or "
+                                 "reload it in float32")
 
 
 

@@ -1,4 +1,8 @@
-"""Command line: `structprune evaluate | prune | export | methods` (also `python -m structprune`)."""
+"""Command line: `structprune evaluate | prune | export | methods` (also `python -m structprune`).
+
+Each command imports what it needs inside its function: `structprune --help` and refused arguments answer at
+once, without loading torch, transformers or lm-eval.
+"""
 
 from __future__ import annotations
 

@@ -237,12 +237,11 @@ def test_export_is_checked_like_prune_before_loading(dense_dir, tmp_path, capsys
     assert code == 2 and "is a folder: name a file" in err
     locked_dir = tmp_path / "readonly"
     locked_dir.mkdir()
-    locked_dir.chmod(0o555)
-    if os.access(locked_dir, os.W_OK):  # root writes anywhere: the permission check cannot bite here
-        locked_dir.chmod(0o755)
-    else:
-        code, err = run_cli(capsys, "export", ck, "--output", locked_dir / "m.gguf")
-        assert code == 2 and "not a writable folder" in err
+    real_access = os.access  # root writes anywhere: the folder is read-only as os.access reports it
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == locked_dir else real_access(path, mode))
+    code, err = run_cli(capsys, "export", ck, "--output", locked_dir / "m.gguf")
+    assert code == 2 and "not a writable folder" in err
+    monkeypatch.setattr(os, "access", real_access)
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
     code, err = run_cli(capsys, "export", ck, "--output", tmp_path / "m.gguf")
