@@ -142,7 +142,6 @@ CHECKPOINT_TOKEN = "checkpoint_token"
 def is_orphan(path: Path) -> bool:
     """A checkpoint written by `structprune prune` whose run record was never written (the run was killed
     between the two): its sidecar's token is named by no prune record."""
-
     if not is_checkpoint(path):
         return False
     try:
@@ -412,7 +411,6 @@ class CheckpointWriter:
 
     def abort(self) -> None:
         """Remove the temporary folder (after any write in flight)."""
-
         writing, self._writing = self._writing, None
         if writing is not None:
             wait_futures([writing])
