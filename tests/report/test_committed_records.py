@@ -19,3 +19,13 @@ def test_record_options_resolve_to_themselves(path):
     method = get_method(config["method"])
     assert resolve_options(method, config["options"]) == config["options"]
     assert method.label_for(config["options"]) == config["label"]
+
+
+def test_the_readme_results_block_is_what_the_records_give():
+    """The README's results are a generated block: a table edited by hand, or records that changed since the
+    last `make report`, fail here."""
+    from structprune.report import readme_block, readme_results
+
+    table, caption = readme_results("default", "embedded", RUNS.parent)
+    readme = (RUNS.parents[2] / "README.md").read_text()
+    assert readme_block(table, caption) in readme, "README's results block is stale: run make report"

@@ -31,6 +31,7 @@ from .io import (
     markdown,
     paper_dir,
     paper_rows,
+    readme_block,
     save_figure,
     tables_dir,
     update_readme_block,
@@ -49,7 +50,14 @@ from .labels import (
     variant_label,
     variant_marks,
 )
-from .leaderboard import compute_cost, leaderboard, main_rows, matched_leaderboard, record_seconds
+from .leaderboard import (
+    compute_cost,
+    leaderboard,
+    main_rows,
+    matched_leaderboard,
+    readme_results,
+    record_seconds,
+)
 from .perplexity import (
     kept_fractions,
     layer_range_of,
@@ -72,5 +80,5 @@ __all__ = [
     "results_dir", "save_figure", "speed_row", "tables_dir", "target_status_rows", "update_readme_block",
     "variant_label", "write_report", "write_table", "zero_shot_rows", "calibration_note", "variant_marks",
     "main_rows", "kept_fractions", "recovery_rows", "column_of", "flap_findings", "cfsp_findings",
-    "fasp_findings", "headline_comparisons", "engine_study",
+    "fasp_findings", "headline_comparisons", "engine_study", "readme_block", "readme_results",
 ]

@@ -110,6 +110,12 @@ def write_report(profile: str = "default") -> Path:
     return path
 
 
+def readme_block(table: pd.DataFrame, caption: str) -> str:
+    """The README's marked results block holding `table` (Markdown) and its caption, markers included."""
+    start, end = README_BLOCK
+    return f"{start}\n{caption}\n\n{markdown(table)}\n{end}"
+
+
 def update_readme_block(table: pd.DataFrame, caption: str, readme: Path | None = None) -> Path:
     """Rewrite README.md's marked results block with `table` (Markdown) and its caption."""
     readme = readme or REPOSITORY / "README.md"
@@ -119,5 +125,5 @@ def update_readme_block(table: pd.DataFrame, caption: str, readme: Path | None =
         raise ValueError(f"{readme} has no results block: add the lines {start!r} and {end!r}")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    atomic_write_text(readme, f"{head}{start}\n{caption}\n\n{markdown(table)}\n{end}{tail}")
+    atomic_write_text(readme, f"{head}{readme_block(table, caption)}{tail}")
     return readme

@@ -36,6 +36,21 @@ def matched_leaderboard(profile: str = "default", model: str = "embedded", root:
     return matched_rows([r for r in matched if r["config"]["evaluation"] == evaluation], dense)
 
 
+README_COLUMNS = ["target", "method", "removed (% of model)", "perplexity", "95 % low", "95 % high", "paired vs lowest"]
+
+
+def readme_results(profile: str = "default", model: str = "embedded",
+                   root: Path | None = None) -> tuple[pd.DataFrame, str] | None:
+    """What the README's results block shows: the matched-size table (`matched_leaderboard`) and its caption;
+    None when the records hold no matched-size run."""
+    matched = matched_leaderboard(profile, model, root)
+    if matched.empty:
+        return None
+    dense = matched["perplexity"].iloc[0] / matched["x dense"].iloc[0]
+    return matched[README_COLUMNS], (f"WikiText-2 perplexity at matched size ({model}, {profile} profile; dense "
+                                     f"{dense:.2f}); full protocol in results/REPORT.md, notebook 06.")
+
+
 def _pruning_key(config: dict) -> str:
     """A pruning run's identity without its evaluation protocol (the same model evaluated two ways)."""
     import json
