@@ -1,7 +1,7 @@
 """Command line: `structprune evaluate | prune | export | methods` (also `python -m structprune`).
 
-Each command imports what it needs inside its function: `structprune --help` and refused arguments answer at
-once, without loading torch, transformers or lm-eval.
+Model loading (`models`, which imports transformers' modeling code, about 2 s) is imported inside the commands
+that load a model, so `structprune --help` and refused arguments answer without it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,22 @@ import sys
 import time
 import uuid
 from pathlib import Path
+
+from .allocate import ALLOCATIONS
+from .api import check_finite_weights, prune, prune_streamed
+from .checkpoint import CHECKPOINT_TOKEN, check_local_folder, check_output, save_pruned
+from .compensate import COMPENSATIONS
+from .composition import COMPOSITION_FIELDS, PASS_OPTION_HELP, Composition, compose
+from .evaluate import evaluation_ids, perplexity, zero_shot
+from .export import export_gguf, export_size
+from .llamacpp import EngineError, model_engine_speed, parity
+from .methods import METHODS
+from .records import environment, write_record
+from .recovery import lora_recover
+from .scores import SCORE_ALIASES, SCORES
+from .speed import speed
+from .staging import check_file_output, check_free_space
+from .streaming import should_stream, streamed_perplexity
 
 
 def _parse_value(text: str):
@@ -37,8 +53,6 @@ def _parse_options(pairs: list[str]) -> dict:
 
 def _perplexities(model, tokenizer, datasets: str | None, seqlen: int, max_windows: int | None,
                   batch_size: int) -> dict:
-    from .evaluate import perplexity
-
     results = {}
     for dataset in filter(None, (datasets or "").split(",")):
         results[f"perplexity_{dataset}"] = perplexity(model, tokenizer, dataset, "test", seqlen, max_windows, batch_size)
@@ -46,10 +60,7 @@ def _perplexities(model, tokenizer, datasets: str | None, seqlen: int, max_windo
 
 
 def cmd_evaluate(args) -> int:
-    from .api import check_finite_weights
     from .models import load_model
-    from .records import write_record
-    from .staging import check_file_output
 
     if args.output:
         check_file_output(Path(args.output), args.overwrite)
@@ -69,17 +80,11 @@ def cmd_evaluate(args) -> int:
     check_finite_weights(model)
     metrics = _perplexities(model, tokenizer, args.perplexity, args.seqlen, args.max_windows, args.batch_size)
     if args.tasks:
-        from .evaluate import zero_shot
-
         metrics["zero_shot"] = zero_shot(model, tokenizer, args.tasks, args.limit, args.batch_size, args.task_source)
     if args.speed and args.engine == "llama.cpp":
-        from .llamacpp import model_engine_speed
-
         metrics["engine_speed"] = model_engine_speed(model, tokenizer, args.gguf_dtype, threads=args.threads or 2,
                                                      repeats=args.repeats)
     elif args.speed:
-        from .speed import speed
-
         metrics["speed"] = speed(model, repeats=args.repeats, threads=args.threads)
     config = {"command": "evaluate", "model": model.structprune_source, "perplexity": args.perplexity,
               "seqlen": args.seqlen, "max_windows": args.max_windows, "tasks": args.tasks, "limit": args.limit,
@@ -120,7 +125,6 @@ def cmd_evaluate(args) -> int:
 def evaluate_streamed(args) -> int:
     """`evaluate --perplexity` of a local model one decoder layer at a time (larger than memory)."""
     from .models import describe_model, local_tokenizer, resolve_device_dtype, resolve_model_spec
-    from .records import write_record
 
     if args.tasks or args.speed or not args.perplexity:
         raise ValueError("a streamed evaluation (--stream, or a model larger than memory) measures perplexity only: "
@@ -142,11 +146,7 @@ def evaluate_streamed(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .api import check_finite_weights
-    from .checkpoint import check_local_folder
-    from .export import export_gguf, export_size
     from .models import load_model, resolve_model_spec
-    from .staging import check_file_output, check_free_space
 
     output = Path(args.output)
     if output.suffix != ".gguf":
@@ -165,9 +165,6 @@ def cmd_export(args) -> int:
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB, {args.dtype}; tensors {summary['tensor_types']})")
     print(f"query heads per layer {heads}; MLP channels per layer {channels}")
     if args.check:
-        from .evaluate import evaluation_ids
-        from .llamacpp import EngineError, parity
-
         ids = evaluation_ids(tokenizer, "wikitext2", "test")
         texts = [ids[start:start + 72].tolist() for start in range(0, 4 * 997, 997)]
         try:
@@ -195,7 +192,6 @@ def _method_or_composition(args, options: dict):
     if not parts:
         raise ValueError("name a paper method (--method flap) or parts (--score wifv --allocation cfsp "
                          "--compensation least_squares); `structprune methods` lists both")
-    from .composition import compose
 
     return compose(**parts, **options)
 
@@ -203,7 +199,6 @@ def _method_or_composition(args, options: dict):
 def streaming_chosen(args) -> bool:
     """--stream, or a local model that would not fit in memory (said on stderr)."""
     from .models import resolve_device_dtype, resolve_model_spec
-    from .streaming import should_stream
 
     if args.stream:
         return True
@@ -220,18 +215,13 @@ def streaming_chosen(args) -> bool:
 
 def _streamed_perplexities(where, tokenizer, datasets: str | None, seqlen: int, max_windows: int | None,
                            batch_size: int, dtype, device: str) -> dict:
-    from .streaming import streamed_perplexity
-
     return {f"perplexity_{dataset}": streamed_perplexity(where, tokenizer, dataset, "test", seqlen, max_windows,
                                                          batch_size, dtype, device)
             for dataset in filter(None, (datasets or "").split(","))}
 
 
 def cmd_prune(args) -> int:
-    from .api import prune, prune_streamed
-    from .checkpoint import CHECKPOINT_TOKEN, check_output, save_pruned
     from .models import describe_model, load_model, local_tokenizer, resolve_device_dtype, resolve_model_spec
-    from .records import environment, write_record
 
     options = _parse_options(args.option)
     if "target_params" in options:
@@ -258,7 +248,7 @@ def cmd_prune(args) -> int:
         source, dtype_name = describe_model(args.model, kind, where), str(dtype)
     else:
         model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-        check_free_space(output, model)
+        check_free_space(output, model_bytes(model))
         source, dtype_name = model.structprune_source, str(model.dtype)
     # The checkpoint is part of the run: pruning the same config to another folder is another record.
     config = {"command": "prune", "model": source, "method": None, "ratio": args.ratio,
@@ -303,8 +293,6 @@ def cmd_prune(args) -> int:
         config.update(method=result.method, options=result.options, calibration=result.calibration)
         recovery = None
         if args.recover == "lora":
-            from .recovery import lora_recover
-
             # LoRA needs a seed: the calibration seed when given, else 0 (said in the record's config).
             seed = args.seed if args.seed is not None else 0
             recovery = lora_recover(model, tokenizer, max_steps=args.recover_steps, lr=args.recover_lr, seed=seed)
@@ -330,20 +318,12 @@ def cmd_prune(args) -> int:
     return 0
 
 
-def check_free_space(output: Path, model) -> None:
-    """Refuse a destination without room for the pruned checkpoint (at most the dense model's weights)."""
-    from .staging import check_free_space as check_room
-
-    check_room(output, sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values()))
+def model_bytes(model) -> int:
+    """The weights of `model` in bytes (tied ones once): at most what its pruned checkpoint takes."""
+    return sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def cmd_methods(args) -> int:
-    from .allocate import ALLOCATIONS
-    from .compensate import COMPENSATIONS
-    from .composition import COMPOSITION_FIELDS, PASS_OPTION_HELP, Composition
-    from .methods import METHODS
-    from .scores import SCORE_ALIASES, SCORES
-
     print("Paper methods (--method NAME --option KEY=VALUE):")
     for method in METHODS.values():
         dataset, nsamples, seqlen = method.calibration
@@ -508,8 +488,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .llamacpp import EngineError
-
     args = build_parser().parse_args(argv)
     try:
         check_dependent_options(args)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from structprune import load_pruned
+from structprune import cli, load_pruned
 from structprune.checkpoint import CHECKPOINT_TOKEN, SIDECAR, install_checkpoint, read_sidecar
 from structprune.models import tiny_llama
 from structprune.staging import STAGING, locked, staging_dir
@@ -124,7 +124,7 @@ def test_a_failed_overwrite_keeps_the_old_checkpoint(dense_dir, tmp_path, capsys
 
         monkeypatch.setattr(structprune.checkpoint.os, "replace", new_one_fails)
     else:  # the run record
-        monkeypatch.setattr(structprune.records, "write_record", fail)
+        monkeypatch.setattr(cli, "write_record", fail)
     code, err = run_cli(capsys, *_prune(dense_dir, old, "--overwrite"))
     assert code == 2 and "No space left" in err
     assert _checkpoint_bytes(old) == before
@@ -321,15 +321,13 @@ def test_prune_options_that_would_be_ignored_are_refused(argv, message, dense_di
 
 
 def test_lora_recovery_without_a_seed_uses_seed_zero(dense_dir, tmp_path, capsys, monkeypatch):
-    from structprune import recovery
-
     seen = {}
 
     def fake_recover(model, tokenizer, max_steps, lr, seed):
         seen["seed"] = seed
         return {"options": {"steps": max_steps}, "loss_curve": []}
 
-    monkeypatch.setattr(recovery, "lora_recover", fake_recover)
+    monkeypatch.setattr(cli, "lora_recover", fake_recover)
     code, err = run_cli(capsys, *_prune(dense_dir, tmp_path / "ck", "--recover", "lora"))
     assert code == 0, err
     assert seen == {"seed": 0}
